@@ -2,8 +2,8 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# torch is installed first and pinned: 2.13.0 is the CPU wheel on the project's CI machines, and pinning it
-# keeps pip from pulling a multi-GB CUDA build. GPU boxes override it: make run TORCH_SPEC="torch==2.13.0".
+# torch is installed first and pinned: on PyPI torch==2.13.0 is the CUDA build a GPU box needs, while CI machines
+# hold a local CPU wheel of the same version; an unpinned torch could pull a different multi-GB build.
 TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: install install-dev run test bench clean

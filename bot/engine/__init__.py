@@ -1,0 +1,1 @@
+"""Generation engine: requests, image handling, pipeline loading and the GPU executor. No Discord here."""

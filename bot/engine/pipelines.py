@@ -1,0 +1,136 @@
+"""Load the LCM SSD-1B pipelines once: text-to-image, image-to-image and inpainting over one set of weights.
+
+The production recipe (model card of latent-consistency/lcm-ssd-1b): the distilled UNet from `MODEL_UNET`
+inside the `MODEL_BASE` SDXL pipeline, with `LCMScheduler`. Each setting is a hub id or a local folder and both
+go through the same `from_pretrained` calls, so the tests' tiny local model exercises the production code.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DiffusionPipeline,
+    LCMScheduler,
+    StableDiffusionXLImg2ImgPipeline,
+    StableDiffusionXLInpaintPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+
+from bot.engine.requests import Kind
+from bot.engine.vae import LatentCodec
+from bot.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class ModelUnavailable(Exception):
+    """Weights cannot be loaded; the message says what to download or fix."""
+
+
+@dataclass
+class Pipelines:
+    """The three task pipelines (sharing components) and the VAE codec that does all pixel work."""
+
+    text2img: StableDiffusionXLPipeline
+    img2img: StableDiffusionXLImg2ImgPipeline
+    inpaint: StableDiffusionXLInpaintPipeline
+    codec: LatentCodec
+    device: torch.device
+    dtype: torch.dtype
+    model_name: str
+
+    def for_kind(self, kind: Kind) -> DiffusionPipeline:
+        return {Kind.IMAGINE: self.text2img, Kind.REMIX: self.img2img, Kind.INPAINT: self.inpaint}[kind]
+
+    def count_tokens(self, prompt: str) -> int:
+        """Tokens CLIP would see, start and end tokens included (compare with its 77-token window)."""
+        return len(self.text2img.tokenizer(prompt, truncation=False, verbose=False).input_ids)
+
+    def negative_has_effect(self, guidance: float) -> bool:
+        """A guidance-distilled UNet takes guidance as an input and never runs the negative branch."""
+        return guidance > 1 and self.text2img.unet.config.time_cond_proj_dim is None
+
+
+def resolve_device(setting: str) -> torch.device:
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise ModelUnavailable("DEVICE=cuda but PyTorch sees no CUDA GPU (check the driver and the torch build).")
+    return torch.device(setting)
+
+
+def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
+    """float16 on CUDA (the model card's choice), float32 on CPU where half precision is slow or unsupported."""
+    if setting == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return getattr(torch, setting)
+
+
+def vae_dtype(device: torch.device, dtype: torch.dtype, fp16_safe_vae: bool) -> torch.dtype:
+    """See `bot.engine.vae`: a dtype in which the SDXL VAE cannot overflow."""
+    if dtype == torch.float32 or device.type != "cuda":
+        return torch.float32
+    if fp16_safe_vae and dtype == torch.float16:
+        return torch.float16
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+
+
+def load_pipelines(settings: Settings) -> Pipelines:
+    device = resolve_device(settings.device)
+    dtype = resolve_dtype(settings.dtype, device)
+    log.info("loading %s with UNet %s on %s (%s)", settings.model_base, settings.model_unet, device, dtype)
+    unet = _load(UNet2DConditionModel, settings.model_unet, dtype, "MODEL_UNET")
+    codec_dtype = vae_dtype(device, dtype, fp16_safe_vae=settings.model_vae is not None)
+    if settings.model_vae:
+        vae = _load(AutoencoderKL, settings.model_vae, codec_dtype, "MODEL_VAE")
+    else:
+        vae = _load(AutoencoderKL, settings.model_base, codec_dtype, "MODEL_BASE", subfolder="vae")
+    # We decode and encode ourselves (LatentCodec), so the pipelines' per-call VAE upcasting must stay off.
+    vae.register_to_config(force_upcast=False)
+    text2img = _load(
+        StableDiffusionXLPipeline, settings.model_base, dtype, "MODEL_BASE", unet=unet, vae=vae, add_watermarker=False
+    )
+    text2img.scheduler = LCMScheduler.from_config(text2img.scheduler.config)
+    text2img.to(device)
+    text2img.set_progress_bar_config(disable=True)
+    img2img = StableDiffusionXLImg2ImgPipeline.from_pipe(text2img)
+    inpaint = StableDiffusionXLInpaintPipeline.from_pipe(text2img)
+    for pipe in (img2img, inpaint):
+        pipe.set_progress_bar_config(disable=True)
+    return Pipelines(
+        text2img=text2img,
+        img2img=img2img,
+        inpaint=inpaint,
+        codec=LatentCodec(text2img.vae, latent_dtype=dtype),
+        device=device,
+        dtype=dtype,
+        model_name=settings.model_unet,
+    )
+
+
+def _load(cls: type, source: str, dtype: torch.dtype, setting: str, **kwargs: object) -> object:
+    """`cls.from_pretrained`, preferring the fp16 weight files when they exist (half the download)."""
+    attempts = [{"variant": "fp16"}, {}] if dtype == torch.float16 else [{}]
+    error: Exception | None = None
+    for variant in attempts:
+        try:
+            return cls.from_pretrained(source, dtype=dtype, **variant, **kwargs)
+        except (OSError, ValueError) as exc:
+            error = exc
+    raise ModelUnavailable(_missing_weights_message(source, setting, error)) from error
+
+
+def _missing_weights_message(source: str, setting: str, exc: Exception | None) -> str:
+    if Path(source).expanduser().exists() or source.startswith((".", "/", "~")):
+        return f"{setting}={source}: that folder holds no loadable model ({type(exc).__name__}: {exc})."
+    return (
+        f"{setting}={source}: the weights are not in the local Hugging Face cache and the Hub could not be reached. "
+        f"On a machine with internet run `hf download {source}` (or start once online), "
+        f"or point {setting} at a local folder that holds the model."
+    )

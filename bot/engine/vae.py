@@ -1,0 +1,70 @@
+"""VAE encode and decode, kept out of the pipelines so that their dtype and memory are ours to choose.
+
+The SDXL VAE overflows in float16 (NaN, black images); diffusers answers by upcasting the whole VAE to float32
+for every decode, which is slow and was most of the peak memory at batch 8. We keep the VAE in a dtype that
+cannot overflow instead: bfloat16 (float32's range) where the GPU supports it, float16 only for a VAE that was
+fine-tuned for it (`MODEL_VAE`, e.g. sdxl-vae-fp16-fix), float32 otherwise. Any image that still comes out
+non-finite is decoded again in float32 before we give up on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL
+from PIL import Image
+
+DECODE_CHUNK = 4  # images per VAE decode call: bounds activation memory at large batches
+
+
+class NonFiniteOutput(RuntimeError):
+    """The model produced NaN or infinite values for some images, even after a float32 retry."""
+
+    def __init__(self, indices: list[int]) -> None:
+        super().__init__(f"non-finite output for images {indices}")
+        self.indices = indices
+
+
+class LatentCodec:
+    """Turns pixels into scaled latents and back, on the VAE's own dtype and device."""
+
+    def __init__(self, vae: AutoencoderKL, latent_dtype: torch.dtype) -> None:
+        self.vae = vae
+        self.latent_dtype = latent_dtype
+        self.scaling_factor: float = vae.config.scaling_factor
+
+    @torch.inference_mode()
+    def encode(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """Scaled latents of RGB images (all the same size); the distribution's mean, so no seed is needed."""
+        pixels = torch.from_numpy(np.stack([np.asarray(image, dtype=np.uint8) for image in images]))
+        pixels = pixels.permute(0, 3, 1, 2).to(self.vae.device, self.vae.dtype) / 127.5 - 1.0
+        latents = self.vae.encode(pixels).latent_dist.mode()
+        return (latents * self.scaling_factor).to(self.latent_dtype)
+
+    @torch.inference_mode()
+    def decode(self, latents: torch.Tensor) -> list[Image.Image]:
+        """RGB images from scaled latents. Raises `NonFiniteOutput` naming the images that stay broken."""
+        chunks = [self._decode_pixels(chunk) for chunk in latents.split(DECODE_CHUNK)]
+        pixels = torch.cat(chunks).float()
+        broken = [index for index in range(len(pixels)) if not torch.isfinite(pixels[index]).all()]
+        if broken and self.vae.dtype != torch.float32:
+            pixels[broken] = self._decode_float32(latents[broken])
+            broken = [index for index in broken if not torch.isfinite(pixels[index]).all()]
+        if broken:
+            raise NonFiniteOutput(broken)
+        as_bytes = ((pixels / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+        as_bytes = as_bytes.permute(0, 2, 3, 1).cpu().numpy()
+        return [Image.fromarray(array) for array in as_bytes]
+
+    def _decode_pixels(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(latents.to(self.vae.dtype) / self.scaling_factor).sample
+
+    def _decode_float32(self, latents: torch.Tensor) -> torch.Tensor:
+        dtype = self.vae.dtype
+        self.vae.to(torch.float32)
+        try:
+            return self._decode_pixels(latents).float()
+        finally:
+            self.vae.to(dtype)

@@ -1,0 +1,44 @@
+"""User-facing error classes.
+
+Anything derived from `UserFacingError` carries a message written for the person who sent the request; the
+Discord layer shows it as-is (ephemerally) and the CLI prints it. Every other exception is a bug or an outage
+and is logged with its traceback instead.
+"""
+
+from __future__ import annotations
+
+
+class UserFacingError(Exception):
+    """An error whose message is safe and useful to show to the requesting user."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(UserFacingError):
+    """An option value is out of range or malformed."""
+
+
+class InvalidImage(UserFacingError):
+    """An attached image or mask cannot be used."""
+
+
+class QueueFull(UserFacingError):
+    """The global queue cap is reached."""
+
+
+class TooManyPending(UserFacingError):
+    """The user already has as many jobs waiting as they may."""
+
+
+class ShuttingDown(UserFacingError):
+    """The executor no longer accepts or runs work because the bot is stopping."""
+
+
+class JobCancelled(UserFacingError):
+    """The job was cancelled before it ran."""
+
+
+class GenerationFailed(UserFacingError):
+    """The pipeline failed on this job (bad output, out of memory, timeout) after isolating it from others."""

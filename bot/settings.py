@@ -1,0 +1,49 @@
+"""Settings read from the environment and `.env`.
+
+Every field is named after its environment variable (case-insensitive), so `.env.example` documents exactly
+these names. A bad value must stop the process with one readable line: `load_settings` turns pydantic's
+validation report into a `SettingsError` whose message names each offending variable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SettingsError(Exception):
+    """Raised at start when the environment holds a missing or invalid setting."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    discord_token: SecretStr | None = None
+    dev_guild_id: int | None = None
+    model_base: str = "segmind/SSD-1B"
+    model_unet: str = "latent-consistency/lcm-ssd-1b"
+    model_vae: str | None = None
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    base_resolution: int = Field(default=1024, ge=256, le=2048, multiple_of=64)
+    database_path: Path = Path("data/lcm-bot.sqlite3")
+    max_batch_images: int | None = Field(default=None, ge=1, le=64)
+    queue_max: int = Field(default=200, ge=1)
+    user_max_pending: int = Field(default=3, ge=1)
+    batch_timeout: float = Field(default=120.0, gt=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build `Settings`, converting validation failures into one line per bad variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = "_".join(str(part) for part in error["loc"]).upper() or "settings"
+            problems.append(f"{name}: {error['msg']}")
+        raise SettingsError("invalid settings: " + "; ".join(problems)) from None
