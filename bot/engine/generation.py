@@ -10,10 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+from diffusers import DiffusionPipeline
 from PIL import Image
 
 from bot.engine.pipelines import Pipelines
 from bot.engine.requests import GenerationRequest, Kind, scheduled_steps
+from bot.engine.vae import NonFiniteOutput
+from bot.errors import GenerationFailed
 
 
 class GenerationInterrupted(RuntimeError):
@@ -31,28 +34,53 @@ def generate(
     if any(request.batch_key != first.batch_key for request in requests):
         raise ValueError("`requests` must share one batch_key")
 
-    # 2. One prompt, negative and generator per image
-    prompts = [request.prompt for request in requests for _ in request.seeds]
-    negatives = [request.negative or "" for request in requests for _ in request.seeds]
+    # 2. One seeded generator per image
     generators = [torch.Generator("cpu").manual_seed(seed) for request in requests for seed in request.seeds]
 
-    # 3. Task-specific inputs: starting latents (encoded by our codec) and masks
+    # 3. Denoise (stopping between steps when asked) and decode
+    try:
+        latents = _denoise(pipes, requests, generators, should_stop)
+        if should_stop():
+            raise GenerationInterrupted("stopped before the last step")
+        images = pipes.codec.decode(latents)
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        raise GenerationFailed("The GPU ran out of memory on this request. Try a smaller `count`.") from None
+    except NonFiniteOutput:
+        raise GenerationFailed("The image came out broken (a numerical overflow). Try another seed.") from None
+
+    # 4. Hand each request its images
+    results, offset = [], 0
+    for request in requests:
+        results.append(images[offset : offset + request.count])
+        offset += request.count
+    return results
+
+
+def _denoise(
+    pipes: Pipelines,
+    requests: Sequence[GenerationRequest],
+    generators: list[torch.Generator],
+    should_stop: Callable[[], bool],
+) -> torch.Tensor:
+    """Latents for every image of the batch, from one call of the task's pipeline."""
+    first = requests[0]
     task_inputs: dict[str, object] = {}
     if first.kind is not Kind.IMAGINE:
+        # Starting latents come from our codec (see bot.engine.vae); diffusers takes 4-channel input as latents.
         task_inputs["image"] = pipes.codec.encode([request.init_image for request in requests])
         task_inputs["strength"] = first.strength
     if first.kind is Kind.INPAINT:
         task_inputs["mask_image"] = [request.mask for request in requests]
 
-    # 4. Denoise, stopping between steps when asked
-    def on_step_end(pipe: object, step: int, timestep: object, tensors: dict) -> dict:
+    def on_step_end(pipe: DiffusionPipeline, step: int, timestep: object, tensors: dict) -> dict:
         if should_stop():
-            pipe._interrupt = True
+            pipe._interrupt = True  # diffusers skips the remaining steps
         return tensors
 
-    latents = pipes.for_kind(first.kind)(
-        prompt=prompts,
-        negative_prompt=negatives,
+    return pipes.for_kind(first.kind)(
+        prompt=[request.prompt for request in requests for _ in request.seeds],
+        negative_prompt=[request.negative or "" for request in requests for _ in request.seeds],
         num_inference_steps=scheduled_steps(first.steps, first.strength),
         guidance_scale=first.guidance,
         width=first.width,
@@ -62,16 +90,6 @@ def generate(
         callback_on_step_end=on_step_end,
         **task_inputs,
     ).images
-    if should_stop():
-        raise GenerationInterrupted("stopped before the last step")
-
-    # 5. Decode and hand each request its images
-    images = pipes.codec.decode(latents)
-    results, start = [], 0
-    for request in requests:
-        results.append(images[start : start + request.count])
-        start += request.count
-    return results
 
 
 def warm_up(pipes: Pipelines, request: GenerationRequest) -> None:

@@ -101,9 +101,7 @@ def decode_mask(data: bytes, image_size: tuple[int, int], buckets: Mapping[str, 
     return prepare_mask(mask, image_size, buckets)
 
 
-def prepare_mask(
-    mask: Image.Image, image_size: tuple[int, int], buckets: Mapping[str, tuple[int, int]]
-) -> Image.Image:
+def prepare_mask(mask: Image.Image, image_size: tuple[int, int], buckets: Mapping[str, tuple[int, int]]) -> Image.Image:
     """Binarize a mask that belongs to an image of `image_size` and fit it exactly as that image is fitted."""
     mask_ratio = mask.width / mask.height
     image_ratio = image_size[0] / image_size[1]
@@ -112,11 +110,9 @@ def prepare_mask(
             f"The mask is {mask.width}x{mask.height} but the image is {image_size[0]}x{image_size[1]}: "
             "they must have the same shape."
         )
-    mask = mask.resize(image_size, Image.Resampling.BILINEAR).point(
-        lambda value: 255 if value >= MASK_THRESHOLD else 0
-    )
+    mask = mask.resize(image_size, Image.Resampling.BILINEAR).point(lambda value: 255 if value >= MASK_THRESHOLD else 0)
     fitted = fit_to_bucket(mask, buckets, mask=True)
-    low, high = fitted.getextrema()
+    _, high = fitted.getextrema()
     if high == 0:
         raise InvalidImage("The mask has no white pixels, so there is nothing to repaint.")
     return fitted

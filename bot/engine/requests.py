@@ -56,11 +56,7 @@ def bucket_sizes(base_resolution: int) -> dict[str, tuple[int, int]]:
     buckets = {}
     for name, (width, height) in ASPECTS_AT_1024.items():
         target = width / height
-        candidates = [
-            (w, h)
-            for w in _multiples_around(width * scale)
-            for h in _multiples_around(height * scale)
-        ]
+        candidates = [(w, h) for w in _multiples_around(width * scale) for h in _multiples_around(height * scale)]
         buckets[name] = min(
             candidates,
             key=lambda wh: (
@@ -161,9 +157,7 @@ def check_inputs(
     if negative is not None:
         _check_length("negative", negative)
         if not negative_has_effect:
-            notices.append(
-                "The negative prompt has no effect with this model at this guidance, so it was not used."
-            )
+            notices.append("The negative prompt has no effect with this model at this guidance, so it was not used.")
             negative = None
     if count_tokens is not None:
         tokens = count_tokens(prompt)

@@ -41,7 +41,10 @@ def build_tiny_model(root: Path) -> TinyModel:
         tokenizer_2=tokenizer,
         unet=_unet(time_cond_proj_dim=None),
         scheduler=EulerDiscreteScheduler(
-            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="leading",
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            timestep_spacing="leading",
             steps_offset=1,
         ),
         add_watermarker=False,

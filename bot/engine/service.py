@@ -1,0 +1,80 @@
+"""Assemble the engine from settings: load the pipelines, warm up, size batches, start the executor.
+
+The bot, the CLI and the benchmarks all go through `open_engine`, so there is one way to build the engine and
+one place that decides the batch size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import torch
+
+from bot.engine.executor import Executor
+from bot.engine.generation import generate, warm_up
+from bot.engine.pipelines import Pipelines, load_pipelines
+from bot.engine.requests import Kind, bucket_sizes, check_inputs
+from bot.settings import Settings
+
+log = logging.getLogger(__name__)
+
+GIB = 2**30
+CPU_BATCH_IMAGES = 4
+MAX_AUTO_BATCH_IMAGES = 8
+# Rough GPU memory per image in a batch at 1024x1024 (UNet activations in half precision), and what one VAE
+# decode chunk needs on top. Estimates, to be replaced by the GPU benchmark's measurements.
+GIB_PER_IMAGE_AT_1024 = 2.0
+GIB_DECODE_RESERVE = 4.0
+
+
+@dataclass
+class Engine:
+    pipes: Pipelines
+    executor: Executor
+    buckets: dict[str, tuple[int, int]]
+
+
+def choose_batch_images(settings: Settings, device: torch.device) -> int:
+    """`MAX_BATCH_IMAGES` when set; otherwise as many images as the GPU's free memory holds (at most 8)."""
+    if settings.max_batch_images is not None:
+        return settings.max_batch_images
+    if device.type != "cuda":
+        return CPU_BATCH_IMAGES
+    free_bytes, _total = torch.cuda.mem_get_info(device)
+    per_image = GIB_PER_IMAGE_AT_1024 * (settings.base_resolution / 1024) ** 2
+    images = int((free_bytes / GIB - GIB_DECODE_RESERVE) / per_image)
+    return max(1, min(MAX_AUTO_BATCH_IMAGES, images))
+
+
+def load_engine(settings: Settings) -> tuple[Pipelines, int]:
+    """Blocking part of start-up: load weights, warm up, pick the batch size (run it in a thread)."""
+    pipes = load_pipelines(settings)
+    buckets = bucket_sizes(settings.base_resolution)
+    smallest = min(buckets, key=lambda name: buckets[name][0] * buckets[name][1])
+    warm_up(pipes, check_inputs(Kind.IMAGINE, "warm-up", buckets=buckets, aspect=smallest, steps=1, seed=0))
+    batch_images = choose_batch_images(settings, pipes.device)
+    log.info("engine ready on %s; batches of up to %d images", pipes.device, batch_images)
+    return pipes, batch_images
+
+
+@contextlib.asynccontextmanager
+async def open_engine(settings: Settings, *, drain_on_close: bool = False) -> AsyncIterator[Engine]:
+    pipes, batch_images = await asyncio.to_thread(load_engine, settings)
+    executor = Executor(
+        functools.partial(generate, pipes),
+        model_name=pipes.model_name,
+        max_batch_images=batch_images,
+        queue_max=settings.queue_max,
+        user_max_pending=settings.user_max_pending,
+        batch_timeout=settings.batch_timeout,
+    )
+    executor.start()
+    try:
+        yield Engine(pipes=pipes, executor=executor, buckets=bucket_sizes(settings.base_resolution))
+    finally:
+        await executor.close(drain=drain_on_close)
