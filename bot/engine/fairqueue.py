@@ -1,8 +1,8 @@
 """A queue that serves users round-robin instead of first come, first served.
 
 One user's burst of ten jobs must not make everyone else wait for all ten: the service order interleaves users
-(A1 B1 C1 A2 B2 A3 ...), and a user who was just served goes to the back of the rotation. The order is computed
-on demand, which also gives every job its queue position.
+(A1 B1 C1 A2 B2 A3 ...), least recently served user first, so a newcomer waits for at most one job of each
+other user. The order is computed on demand, which also gives every job its queue position.
 """
 
 from __future__ import annotations
@@ -17,15 +17,19 @@ Item = TypeVar("Item")
 
 class FairQueue(Generic[Item]):
     def __init__(self) -> None:
-        # Insertion order of this dict is the rotation: the first user is served next.
         self._by_user: dict[Hashable, deque[Item]] = {}
+        # When each user was last served (a counter); users never served, or served before everyone queued
+        # now, count as 0 and keep their arrival order.
+        self._last_served: dict[Hashable, int] = {}
+        self._served = 0
 
     def __len__(self) -> int:
         return sum(len(items) for items in self._by_user.values())
 
     def __iter__(self) -> Iterator[Item]:
         """Items in the order they will be served."""
-        for round_ in zip_longest(*self._by_user.values()):
+        rotation = sorted(self._by_user, key=lambda user: self._last_served.get(user, 0))
+        for round_ in zip_longest(*(self._by_user[user] for user in rotation)):
             yield from (item for item in round_ if item is not None)
 
     def push(self, user: Hashable, item: Item) -> None:
@@ -51,10 +55,7 @@ class FairQueue(Generic[Item]):
         return True
 
     def take(self, user_of: Callable[[Item], Hashable], fits: Callable[[list[Item], Item], bool]) -> list[Item]:
-        """Take the next item and, in service order, every later item that `fits` the growing batch.
-
-        Every user served moves to the back of the rotation, in the order served.
-        """
+        """Take the next item and, in service order, every later item that `fits` the growing batch."""
         batch: list[Item] = []
         for item in self:
             if not batch or fits(batch, item):
@@ -62,6 +63,14 @@ class FairQueue(Generic[Item]):
         for item in batch:
             user = user_of(item)
             self.remove(user, item)
-            if user in self._by_user:
-                self._by_user[user] = self._by_user.pop(user)
+            self._served += 1
+            self._last_served[user] = self._served
+        self._forget_old_turns()
         return batch
+
+    def _forget_old_turns(self) -> None:
+        """Drop turns older than every queued user's: sorting them as 0 then changes no order."""
+        oldest_queued = min((self._last_served.get(user, 0) for user in self._by_user), default=self._served + 1)
+        for user in [user for user, turn in self._last_served.items() if turn < oldest_queued]:
+            if user not in self._by_user:
+                del self._last_served[user]

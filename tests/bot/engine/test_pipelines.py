@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import LCMScheduler
+
+from bot.engine.pipelines import ModelUnavailable, Pipelines, load_pipelines, resolve_dtype, vae_dtype
+from bot.settings import Settings
+
+
+def test_production_loader_reads_the_tiny_model(pipes: Pipelines) -> None:
+    assert isinstance(pipes.text2img.scheduler, LCMScheduler)
+    assert pipes.text2img.unet.config.time_cond_proj_dim is not None  # the LCM UNet, not the base folder's
+    assert pipes.device.type == "cpu" and pipes.dtype == torch.float32
+
+
+def test_three_tasks_share_one_set_of_weights(pipes: Pipelines) -> None:
+    for pipe in (pipes.img2img, pipes.inpaint):
+        assert pipe.unet is pipes.text2img.unet
+        assert pipe.vae is pipes.text2img.vae
+        assert pipe.text_encoder_2 is pipes.text2img.text_encoder_2
+    assert pipes.codec.vae is pipes.text2img.vae
+
+
+def test_vae_never_upcasts_per_call(pipes: Pipelines) -> None:
+    assert pipes.text2img.vae.config.force_upcast is False
+
+
+def test_guidance_distilled_unet_ignores_negatives(pipes: Pipelines) -> None:
+    assert not pipes.negative_has_effect(1.0)
+    assert not pipes.negative_has_effect(2.0)
+
+
+def test_count_tokens_includes_start_and_end(pipes: Pipelines) -> None:
+    assert pipes.count_tokens("ab") == 4  # the tiny vocabulary has no merges: one token per character
+    assert pipes.count_tokens("x" * 100) == 102
+
+
+def test_missing_local_folder_says_which_setting(settings: Settings, tmp_path) -> None:
+    broken = settings.model_copy(update={"model_unet": str(tmp_path / "nowhere")})
+    with pytest.raises(ModelUnavailable, match="MODEL_UNET=.*nowhere"):
+        load_pipelines(broken)
+
+
+def test_missing_hub_weights_offline_say_what_to_download(settings: Settings) -> None:
+    offline = settings.model_copy(update={"model_base": "segmind/SSD-1B-not-cached"})
+    with pytest.raises(ModelUnavailable, match="hf download segmind/SSD-1B-not-cached"):
+        load_pipelines(offline)
+
+
+def test_dtypes_follow_the_device() -> None:
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert resolve_dtype("auto", cpu) == torch.float32
+    assert resolve_dtype("auto", cuda) == torch.float16
+    assert resolve_dtype("bfloat16", cuda) == torch.bfloat16
+    assert vae_dtype(cpu, torch.float32, fp16_safe_vae=False) == torch.float32
+    assert vae_dtype(cuda, torch.float16, fp16_safe_vae=True) == torch.float16

@@ -1,0 +1,64 @@
+"""Shared fixtures: the tiny offline model, settings pointing at it, and the pipelines loaded once per session."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # before any Hugging Face import: tests never reach the Hub
+
+import pytest
+import torch
+
+from bot.engine.pipelines import Pipelines, load_pipelines
+from bot.engine.requests import bucket_sizes
+from bot.settings import Settings, load_settings
+from tests.support.tiny_model import TinyModel, build_tiny_model
+
+TEST_RESOLUTION = 256
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def settings(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return load_settings(
+        model_base=str(tiny_model.base),
+        model_unet=str(tiny_model.lcm_unet),
+        base_resolution=TEST_RESOLUTION,
+        device="cpu",
+        database_path=tmp_path_factory.mktemp("db") / "bot.sqlite3",
+        max_batch_images=4,
+        discord_token=None,
+        _env_file=None,
+    )
+
+
+@pytest.fixture(scope="session")
+def pipes(settings: Settings) -> Pipelines:
+    return load_pipelines(settings)
+
+
+@pytest.fixture(scope="session")
+def buckets() -> dict[str, tuple[int, int]]:
+    return bucket_sizes(TEST_RESOLUTION)
+
+
+@pytest.fixture
+def env_for(settings: Settings, monkeypatch: pytest.MonkeyPatch):
+    """Put the test settings into the environment, for code that reads settings itself (the CLI, the bot)."""
+
+    def apply(**extra: str) -> None:
+        monkeypatch.setenv("MODEL_BASE", settings.model_base)
+        monkeypatch.setenv("MODEL_UNET", settings.model_unet)
+        monkeypatch.setenv("BASE_RESOLUTION", str(settings.base_resolution))
+        monkeypatch.setenv("DEVICE", "cpu")
+        monkeypatch.setenv("DATABASE_PATH", str(settings.database_path))
+        for key, value in extra.items():
+            monkeypatch.setenv(key, value)
+
+    return apply
