@@ -22,6 +22,7 @@ run: install
 
 test: install
 	$(PY) -m ruff check bot cogs tests bench
+	$(PY) -m ruff format --check bot cogs tests bench
 	$(PY) -m pytest -q
 
 clean:

@@ -47,7 +47,9 @@ def decode_image(data: bytes, *, what: str = "image") -> DecodedImage:
     except InvalidImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InvalidImage(f"The {what} has far too many pixels; the limit is {MAX_INPUT_PIXELS / 1e6:.0f} MP.") from None
+        raise InvalidImage(
+            f"The {what} has far too many pixels; the limit is {MAX_INPUT_PIXELS / 1e6:.0f} MP."
+        ) from None
     except UnidentifiedImageError:
         raise InvalidImage(f"The {what} is not a PNG, JPEG, WebP or GIF file.") from None
     except (OSError, ValueError, SyntaxError, EOFError):

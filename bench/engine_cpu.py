@@ -1,0 +1,119 @@
+"""Executor overhead per job on the tiny model, side by side with calling the pipeline directly.
+
+    .venv/bin/python -m bench.engine_cpu [--jobs 64]
+
+Rows: the pipeline called once per request (plus PNG encoding, as the executor does), the executor with
+batches of one (same GPU work: the difference is queueing, threads and futures), the executor batching up to
+4 images, and the executor around a runner that returns ready images (pure bookkeeping and PNG cost).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from PIL import Image
+
+from bot.engine.executor import Executor
+from bot.engine.generation import generate
+from bot.engine.images import encode_png
+from bot.engine.pipelines import Pipelines, load_pipelines
+from bot.engine.requests import GenerationRequest, Kind, bucket_sizes, check_inputs
+from bot.settings import load_settings
+from tests.support.tiny_model import build_tiny_model
+
+USERS = 16
+
+
+def requests_for(jobs: int, buckets: dict[str, tuple[int, int]]) -> list[GenerationRequest]:
+    return [check_inputs(Kind.IMAGINE, f"prompt {index}", buckets=buckets, seed=index) for index in range(jobs)]
+
+
+def direct(pipes: Pipelines, requests: list[GenerationRequest]) -> float:
+    start = time.perf_counter()
+    for request in requests:
+        [[image]] = generate(pipes, [request])
+        encode_png(image, {"prompt": request.prompt, "seed": request.seeds[0]})
+    return time.perf_counter() - start
+
+
+async def through_executor(
+    runner: Callable, requests: list[GenerationRequest], batch_images: int, png_workers: int = 2
+) -> float:
+    executor = Executor(
+        runner,
+        model_name="tiny",
+        max_batch_images=batch_images,
+        queue_max=10_000,
+        user_max_pending=10_000,
+        batch_timeout=600,
+        png_workers=png_workers,
+    )
+    start = time.perf_counter()
+    executor.start()
+    jobs = [executor.submit(request, user_id=index % USERS) for index, request in enumerate(requests)]
+    await asyncio.gather(*(job.result() for job in jobs))
+    elapsed = time.perf_counter() - start
+    await executor.close()
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jobs", type=int, default=64)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        model = build_tiny_model(Path(folder))
+        settings = load_settings(
+            model_base=str(model.base),
+            model_unet=str(model.lcm_unet),
+            base_resolution=256,
+            device="cpu",
+            _env_file=None,
+        )
+        pipes = load_pipelines(settings)
+    buckets = bucket_sizes(256)
+    requests = requests_for(args.jobs, buckets)
+    generate(pipes, requests[:1])  # warm-up
+    ready = generate(pipes, requests[:1])[0]
+
+    def ready_runner(batch: Sequence[GenerationRequest], should_stop: Callable[[], bool]) -> list[list[Image.Image]]:
+        return [ready * request.count for request in batch]
+
+    run = functools.partial(generate, pipes)
+    png_start = time.perf_counter()
+    for request in requests:
+        encode_png(ready[0], {"prompt": request.prompt, "seed": request.seeds[0]})
+    png_seconds = time.perf_counter() - png_start
+    rows = [
+        ("pipeline called per request + PNG", direct(pipes, requests)),
+        ("executor, batches of 1", asyncio.run(through_executor(run, requests, 1))),
+        ("executor, batches of up to 4", asyncio.run(through_executor(run, requests, 4))),
+        (
+            "executor, ready images, 1 PNG thread",
+            asyncio.run(through_executor(ready_runner, requests, 1, png_workers=1)),
+        ),
+        ("PNG encoding alone", png_seconds),
+    ]
+    baseline = rows[0][1]
+    print(f"{args.jobs} single-image jobs from {USERS} users, tiny model at 256 px, 4 steps, CPU")
+    print(f"| {'path':<44} | {'total s':>8} | {'ms/job':>8} | {'vs direct':>9} |")
+    print(f"|{'-' * 46}|{'-' * 10}|{'-' * 10}|{'-' * 11}|")
+    for name, seconds in rows:
+        print(f"| {name:<44} | {seconds:8.2f} | {seconds / args.jobs * 1000:8.1f} | {seconds / baseline:8.2f}x |")
+    overhead = (rows[1][1] - baseline) / args.jobs * 1000
+    bookkeeping = (rows[3][1] - png_seconds) / args.jobs * 1000
+    print(f"executor overhead per job: {overhead:.1f} ms (batches of 1 minus direct)")
+    print(f"executor bookkeeping per job: {bookkeeping:.1f} ms (ready images on 1 PNG thread minus PNG encoding alone)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from bot.__main__ import main
+
+
+def test_imagine_writes_pngs_with_metadata(env_for, tmp_path: Path, capsys, buckets) -> None:
+    env_for()
+    status = main(
+        ["imagine", "a red fox", "--aspect", "16:9", "--seed", "7", "--count", "2", "--steps", "2", "-o", str(tmp_path)]
+    )
+    assert status == 0
+    for seed in (7, 8):
+        with Image.open(tmp_path / f"{seed}.png") as png:
+            assert png.size == buckets["16:9"]
+            assert png.text["prompt"] == "a red fox" and png.text["seed"] == str(seed)
+            assert png.text["steps"] == "2"
+    assert "2 image(s)" in capsys.readouterr().out
+
+
+def test_imagine_reports_a_bad_option_in_one_line(env_for, tmp_path: Path, capsys) -> None:
+    env_for()
+    assert main(["imagine", "a fox", "--steps", "20", "-o", str(tmp_path)]) == 1
+    assert "`steps` must be between 1 and 8" in capsys.readouterr().err
+
+
+def test_bad_setting_is_one_line_and_exit_2(env_for, capsys) -> None:
+    env_for(BASE_RESOLUTION="abc")
+    assert main(["doctor"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lcm-bot: invalid settings: BASE_RESOLUTION") and err.count("\n") == 1
+
+
+def test_missing_weights_are_one_line(env_for, capsys, tmp_path: Path) -> None:
+    env_for(MODEL_UNET=str(tmp_path / "missing"))
+    assert main(["imagine", "a fox", "-o", str(tmp_path)]) == 1
+    assert "MODEL_UNET=" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("token", "verdict"),
+    [
+        ("MTIzNDU2Nzg5MDEyMzQ1Njc4.GhIjKl.abcdefghijklmnopqrstuvwxyz0123456789", "[ok] DISCORD_TOKEN"),
+        ("not-a-token", "[FAIL] DISCORD_TOKEN"),
+    ],
+)
+def test_doctor_checks_everything(env_for, capsys, token: str, verdict: str) -> None:
+    env_for(DISCORD_TOKEN=token)
+    status = main(["doctor"])
+    out = capsys.readouterr().out
+    assert "[ok] device: CPU" in out
+    assert "[ok] MODEL_BASE: local folder" in out and "[ok] MODEL_UNET: local folder" in out
+    assert "[ok] DATABASE_PATH" in out
+    assert verdict in out
+    assert status == (0 if verdict.startswith("[ok]") else 1)
