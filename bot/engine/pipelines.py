@@ -96,21 +96,25 @@ def load_pipelines(settings: Settings) -> Pipelines:
     text2img = _load(
         StableDiffusionXLPipeline, settings.model_base, dtype, "MODEL_BASE", unet=unet, vae=vae, add_watermarker=False
     )
+    return assemble_pipelines(text2img, device, model_name=settings.model_unet)
+
+
+def assemble_pipelines(text2img: StableDiffusionXLPipeline, device: torch.device, *, model_name: str) -> Pipelines:
+    """Finish a loaded text-to-image pipeline: LCM scheduler, device, and the two pipelines sharing its weights."""
     text2img.scheduler = LCMScheduler.from_config(text2img.scheduler.config)
     text2img.to(device)
-    text2img.set_progress_bar_config(disable=True)
     img2img = StableDiffusionXLImg2ImgPipeline.from_pipe(text2img)
     inpaint = StableDiffusionXLInpaintPipeline.from_pipe(text2img)
-    for pipe in (img2img, inpaint):
+    for pipe in (text2img, img2img, inpaint):
         pipe.set_progress_bar_config(disable=True)
     return Pipelines(
         text2img=text2img,
         img2img=img2img,
         inpaint=inpaint,
-        codec=LatentCodec(text2img.vae, latent_dtype=dtype),
+        codec=LatentCodec(text2img.vae, latent_dtype=text2img.unet.dtype),
         device=device,
-        dtype=dtype,
-        model_name=settings.model_unet,
+        dtype=text2img.unet.dtype,
+        model_name=model_name,
     )
 
 

@@ -32,7 +32,7 @@ def build_tiny_model(root: Path) -> TinyModel:
     if (model.lcm_unet / "config.json").exists():
         return model
     torch.manual_seed(0)
-    tokenizer = _tokenizer(root / "tokenizer-src")
+    tokenizer = byte_level_tokenizer(root / "tokenizer-src")
     pipe = StableDiffusionXLPipeline(
         vae=_vae(),
         text_encoder=CLIPTextModel(_text_config()),
@@ -54,7 +54,7 @@ def build_tiny_model(root: Path) -> TinyModel:
     return model
 
 
-def _tokenizer(folder: Path) -> CLIPTokenizer:
+def byte_level_tokenizer(folder: Path) -> CLIPTokenizer:
     """A byte-level CLIP BPE with no merges: every character is a token, which is all the tests need."""
     folder.mkdir(parents=True, exist_ok=True)
     byte_chars = _bytes_to_unicode()

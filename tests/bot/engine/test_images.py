@@ -106,7 +106,7 @@ def test_opaque_alpha_channel_gives_no_mask() -> None:
 def test_animated_gif_uses_its_first_frame() -> None:
     frames = [Image.new("RGB", (70, 70), color) for color in ("red", "blue", "green")]
     data = encoded(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
-    red, green, blue = decode_image(data).image.getpixel((5, 5))
+    red, _, blue = decode_image(data).image.getpixel((5, 5))
     assert red > 200 and blue < 50
 
 

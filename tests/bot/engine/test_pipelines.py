@@ -38,7 +38,7 @@ def test_count_tokens_includes_start_and_end(pipes: Pipelines) -> None:
 
 def test_missing_local_folder_says_which_setting(settings: Settings, tmp_path) -> None:
     broken = settings.model_copy(update={"model_unet": str(tmp_path / "nowhere")})
-    with pytest.raises(ModelUnavailable, match="MODEL_UNET=.*nowhere"):
+    with pytest.raises(ModelUnavailable, match=r"MODEL_UNET=.*nowhere"):
         load_pipelines(broken)
 
 
