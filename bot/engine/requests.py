@@ -126,7 +126,63 @@ class GenerationRequest:
         return (self.kind, self.width, self.height, self.steps, self.guidance, self.strength)
 
 
-def check_inputs(
+@dataclass(frozen=True)
+class CheckedOptions:
+    """Every option but the images, validated: what can be checked before an attachment is downloaded."""
+
+    kind: Kind
+    prompt: str
+    negative: str | None
+    aspect: str | None  # imagine only; image tasks take the size of their image
+    steps: int
+    guidance: float
+    strength: float
+    seeds: tuple[int, ...]
+    notices: tuple[str, ...]
+
+    def to_request(
+        self,
+        buckets: dict[str, tuple[int, int]],
+        init_image: Image.Image | None = None,
+        mask: Image.Image | None = None,
+    ) -> GenerationRequest:
+        """Add the images (already fitted to a bucket by `bot.engine.images`) and fix the output size."""
+        if self.kind is Kind.IMAGINE:
+            if init_image is not None or mask is not None:
+                raise InvalidRequest("`imagine` takes no image; use `remix` or `inpaint`.")
+            aspect = self.aspect or "1:1"
+            width, height = buckets[aspect]
+        else:
+            if init_image is None:
+                raise InvalidRequest(f"`{self.kind}` needs an `image`.")
+            if self.kind is Kind.INPAINT and mask is None:
+                raise InvalidRequest("`inpaint` needs a `mask`, or an image with transparent pixels to repaint.")
+            if self.kind is Kind.REMIX and mask is not None:
+                raise InvalidRequest("`remix` takes no mask; use `inpaint`.")
+            width, height = init_image.size
+            aspect = nearest_aspect(width, height, buckets)
+            if buckets[aspect] != (width, height):
+                raise InvalidRequest("`image` was not fitted to a size bucket.")  # a caller bug, reported clearly
+            if mask is not None and mask.size != init_image.size:
+                raise InvalidRequest("`mask` must have the size of the image.")
+        return GenerationRequest(
+            kind=self.kind,
+            prompt=self.prompt,
+            negative=self.negative,
+            aspect=aspect,
+            width=width,
+            height=height,
+            steps=self.steps,
+            guidance=self.guidance,
+            strength=self.strength,
+            seeds=self.seeds,
+            init_image=init_image,
+            mask=mask,
+            notices=self.notices,
+        )
+
+
+def check_options(
     kind: Kind,
     prompt: str,
     *,
@@ -138,16 +194,10 @@ def check_inputs(
     seed: int | None = None,
     count: int | None = None,
     strength: float | None = None,
-    init_image: Image.Image | None = None,
-    mask: Image.Image | None = None,
     count_tokens: Callable[[str], int] | None = None,
     negative_has_effect: bool = True,
-) -> GenerationRequest:
-    """Validate every option and fill in defaults. Raises `InvalidRequest` naming the option at fault.
-
-    `init_image` (and `mask`) must already be fitted to a bucket by `bot.engine.images`; its size decides the
-    output size, so `aspect` is only for `imagine`.
-    """
+) -> CheckedOptions:
+    """Validate every option and fill in defaults. Raises `InvalidRequest` naming the option at fault."""
     notices: list[str] = []
     prompt = _clean_text(prompt)
     if not prompt:
@@ -174,47 +224,36 @@ def check_inputs(
     if seed is None:
         seed = secrets.randbelow(SEED_MAX + 1)
     seed = _in_range("seed", seed, (0, SEED_MAX))
-
     if kind is Kind.IMAGINE:
-        if init_image is not None or mask is not None:
-            raise InvalidRequest("`imagine` takes no image; use `remix` or `inpaint`.")
         strength = 1.0
-        aspect = aspect or "1:1"
-        if aspect not in buckets:
+        if aspect is not None and aspect not in buckets:
             raise InvalidRequest(f"`aspect` must be one of {', '.join(buckets)}.")
-        width, height = buckets[aspect]
-    else:
-        if init_image is None:
-            raise InvalidRequest(f"`{kind}` needs an `image`.")
-        if kind is Kind.INPAINT and mask is None:
-            raise InvalidRequest("`inpaint` needs a `mask`, or an image with transparent pixels to repaint.")
-        if kind is Kind.REMIX and mask is not None:
-            raise InvalidRequest("`remix` takes no mask; use `inpaint`.")
-        width, height = init_image.size
-        aspect = nearest_aspect(width, height, buckets)
-        if buckets[aspect] != (width, height):
-            raise InvalidRequest("`image` was not fitted to a size bucket.")  # a caller bug, reported clearly
-        if mask is not None and mask.size != init_image.size:
-            raise InvalidRequest("`mask` must have the size of the image.")
-        if count != 1:
-            raise InvalidRequest("`count` is only for `imagine`.")
-
-    seeds = tuple((seed + index) % (SEED_MAX + 1) for index in range(count))
-    return GenerationRequest(
+    elif count != 1:
+        raise InvalidRequest("`count` is only for `imagine`.")
+    return CheckedOptions(
         kind=kind,
         prompt=prompt,
         negative=negative,
-        aspect=aspect,
-        width=width,
-        height=height,
+        aspect=aspect if kind is Kind.IMAGINE else None,
         steps=steps,
         guidance=guidance,
         strength=strength,
-        seeds=seeds,
-        init_image=init_image,
-        mask=mask,
+        seeds=tuple((seed + index) % (SEED_MAX + 1) for index in range(count)),
         notices=tuple(notices),
     )
+
+
+def check_inputs(
+    kind: Kind,
+    prompt: str,
+    *,
+    buckets: dict[str, tuple[int, int]],
+    init_image: Image.Image | None = None,
+    mask: Image.Image | None = None,
+    **options: object,
+) -> GenerationRequest:
+    """`check_options` and `CheckedOptions.to_request` in one call, for callers that have the images already."""
+    return check_options(kind, prompt, buckets=buckets, **options).to_request(buckets, init_image, mask)
 
 
 def _clean_text(text: str) -> str:

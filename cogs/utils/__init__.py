@@ -1,0 +1,1 @@
+"""Helpers shared by the cogs: building and reading result messages, delivery, attachments, buttons."""
