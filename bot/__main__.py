@@ -1,4 +1,5 @@
-"""Command line: `lcm-bot` runs the Discord bot; `lcm-bot imagine` and `lcm-bot doctor` work without Discord.
+"""Command line: `lcm-bot` runs the Discord bot, `lcm-bot sync` registers its commands, and `lcm-bot imagine` and
+`lcm-bot doctor` work without Discord.
 
 Start-up problems (bad settings, missing weights, a rejected token) end the process with one readable line and
 a non-zero exit status, never a traceback.
@@ -35,8 +36,10 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_imagine(settings, args))
         if args.command == "doctor":
             return _doctor(settings)
-        from bot.app import run_bot  # imported late: the CLI commands above need no discord.py
+        from bot.app import run_bot, sync_commands  # imported late: the commands above need no Discord code
 
+        if args.command == "sync":
+            return sync_commands(settings, args.guild)
         return run_bot(settings)
     except (ModelUnavailable, UserFacingError) as exc:
         print(f"lcm-bot: {exc}", file=sys.stderr)
@@ -50,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("run", help="run the Discord bot (the default)")
     commands.add_parser("doctor", help="check settings, GPU, weights, database and token")
+    sync = commands.add_parser("sync", help="register the slash commands with Discord (globally by default)")
+    sync.add_argument("--guild", type=int, help="register in this guild only (instant, for testing)")
     imagine = commands.add_parser("imagine", help="generate images locally, without Discord")
     imagine.add_argument("prompt")
     imagine.add_argument("--negative")

@@ -42,3 +42,7 @@ class JobCancelled(UserFacingError):
 
 class GenerationFailed(UserFacingError):
     """The pipeline failed on this job (bad output, out of memory, timeout) after isolating it from others."""
+
+
+class NotAllowed(UserFacingError):
+    """The user may not do this (press someone else's Cancel, delete another member's image)."""

@@ -62,3 +62,6 @@ def env_for(settings: Settings, monkeypatch: pytest.MonkeyPatch):
             monkeypatch.setenv(key, value)
 
     return apply
+
+
+pytest_plugins = ["tests.fakediscord.fixtures"]

@@ -117,6 +117,8 @@ class Executor:
 
         The running batch gets `timeout` seconds to finish, then is interrupted between two steps.
         """
+        if self._closing:
+            return
         self._closing = True
         if not drain:
             for job in list(self._queue):

@@ -30,9 +30,12 @@ def check_attachment(attachment: discord.Attachment, what: str) -> None:
             raise InvalidImage(f"The {what} is too small; each side must be at least {MIN_INPUT_SIDE} px.")
 
 
-async def read_image(attachment: discord.Attachment, what: str) -> DecodedImage:
+async def read_bytes(attachment: discord.Attachment, what: str) -> bytes:
     try:
-        data = await attachment.read()
+        return await attachment.read()
     except discord.HTTPException:
         raise InvalidImage(f"The {what} could not be downloaded from Discord; please attach it again.") from None
-    return await asyncio.to_thread(decode_image, data, what=what)
+
+
+async def read_image(attachment: discord.Attachment, what: str) -> DecodedImage:
+    return await asyncio.to_thread(decode_image, await read_bytes(attachment, what), what=what)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import discord
 
 from bot.engine.images import fit_upload_limit
+from bot.tree import send_ephemeral
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +65,26 @@ async def deliver(
             if exc.code not in DEAD_TOKEN_CODES and exc.code != 10008:  # 10008: the status message was deleted
                 raise
             log.info("interaction %s can no longer be edited (%s); posting to the channel", interaction.id, exc.code)
+    await post_to_channel(interaction, content, embed=embed, view=view, files=as_discord_files(files))
+
+
+async def deliver_error(interaction: discord.Interaction, message: str) -> None:
+    """Tell the requester their job did not succeed: ephemerally while the token lives, else in the channel."""
+    if not interaction.is_expired():
+        try:
+            await send_ephemeral(interaction, message)
+            return
+        except discord.HTTPException as exc:
+            if exc.code not in DEAD_TOKEN_CODES:
+                raise
+    await post_to_channel(interaction, message)
+
+
+async def post_to_channel(interaction: discord.Interaction, content: str | None, **message: object) -> None:
+    """A channel message that mentions the requester (and no one else), for when the token is dead."""
     channel = interaction.client.get_partial_messageable(interaction.channel_id or 0)
     await channel.send(
         content=f"{interaction.user.mention} {content or ''}".strip(),
-        embed=embed,
-        view=view,
-        files=as_discord_files(files),
         allowed_mentions=discord.AllowedMentions(users=[interaction.user], everyone=False, roles=False),
+        **message,
     )

@@ -364,7 +364,7 @@ class FakeDiscord:
             return _error(exc.status, exc.code, exc.message)
         if result is None:
             return web.Response(status=204)
-        return web.json_response(result)
+        return _json(result)
 
     async def _read_body(self, request: web.Request) -> tuple[object, dict[str, tuple[str, bytes]]]:
         files: dict[str, tuple[str, bytes]] = {}
@@ -606,5 +606,10 @@ def _path_values(operation: Operation, request: web.Request) -> list[str]:
     return list(match.groups())
 
 
+def _json(data: object, status: int = 200) -> web.Response:
+    # Exactly "application/json", no charset: discord.py compares the header verbatim.
+    return web.Response(body=json.dumps(data).encode(), status=status, headers={"Content-Type": "application/json"})
+
+
 def _error(status: int, code: int, message: str) -> web.Response:
-    return web.json_response({"code": code, "message": message}, status=status)
+    return _json({"code": code, "message": message}, status)

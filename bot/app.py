@@ -1,0 +1,135 @@
+"""The Discord side of the bot: the `AutoShardedBot` subclass and how a process runs it.
+
+Start-up order matters for server owners: the token is checked first (a typo fails in a second, not after a
+minute of loading weights), then the engine loads and warms up, and only then does the bot connect to the
+gateway, so no interaction ever arrives before the GPU is ready to take it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from typing import Protocol, runtime_checkable
+
+import discord
+from discord.ext import commands
+
+from bot.engine.service import Engine, open_engine
+from bot.settings import Settings
+from bot.tree import BotTree
+from cogs.utils.buttons import DYNAMIC_ITEMS
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = ("cogs.generate",)
+SHUTDOWN_GRACE = 30.0  # seconds for the running batch and deliveries to finish on SIGTERM
+
+
+@runtime_checkable
+class Drainable(Protocol):
+    """A cog with work in flight (deliveries) that should finish before the connection closes."""
+
+    async def drain(self, timeout: float) -> None: ...
+
+
+class LcmBot(commands.AutoShardedBot):
+    def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
+        super().__init__(
+            # Mention prefix: no privileged message-content intent needed; the bot itself is slash-command only.
+            command_prefix=commands.when_mentioned,
+            intents=discord.Intents(guilds=True),
+            tree_cls=BotTree,
+            help_command=None,
+        )
+        self.settings = settings
+        self._engine = engine
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            raise RuntimeError("the engine is not started yet")
+        return self._engine
+
+    @engine.setter
+    def engine(self, engine: Engine) -> None:
+        self._engine = engine
+
+    async def setup_hook(self) -> None:
+        for extension in EXTENSIONS:
+            try:
+                await self.load_extension(extension)
+            except Exception:
+                log.exception("failed to load extension %s; continuing without it", extension)
+        self.add_dynamic_items(*DYNAMIC_ITEMS)
+        if self.settings.dev_guild_id is not None:
+            guild = discord.Object(id=self.settings.dev_guild_id)
+            self.tree.copy_global_to(guild=guild)
+            synced = await self.tree.sync(guild=guild)
+            log.info("synced %d commands to development guild %s", len(synced), guild.id)
+
+    async def close(self) -> None:
+        """Finish the running batch and let finished jobs be delivered before the connection goes away."""
+        if self._engine is not None:
+            await self._engine.executor.close(timeout=SHUTDOWN_GRACE)
+            pending = [
+                task
+                for task in asyncio.all_tasks()
+                if task.get_name().startswith("discord-ui") or task.get_name().startswith("CommandTree")
+            ]
+            if pending:
+                await asyncio.wait(pending, timeout=SHUTDOWN_GRACE)
+        await super().close()
+
+
+def run_bot(settings: Settings) -> int:
+    if settings.discord_token is None:
+        print("lcm-bot: DISCORD_TOKEN is not set; put the bot token in .env (see .env.example).", file=sys.stderr)
+        return 2
+    return asyncio.run(_serve(settings))
+
+
+async def _serve(settings: Settings) -> int:
+    async with LcmBot(settings) as bot:
+        if not await _login(bot, settings):
+            return 1
+        async with open_engine(settings) as engine:
+            bot.engine = engine
+            loop = asyncio.get_running_loop()
+            for stop_signal in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(stop_signal, lambda: asyncio.ensure_future(bot.close()))
+            await bot.connect()
+    return 0
+
+
+async def _login(bot: LcmBot, settings: Settings) -> bool:
+    try:
+        await bot.login(settings.discord_token.get_secret_value())
+    except discord.LoginFailure:
+        print(
+            "lcm-bot: Discord rejected DISCORD_TOKEN; copy the token again from the developer portal.", file=sys.stderr
+        )
+        return False
+    return True
+
+
+def sync_commands(settings: Settings, guild_id: int | None) -> int:
+    """Register the slash commands globally (or in one guild). Global sync is rate-limited by Discord per day,
+    so it is this explicit command, run by the owner, never something the bot does at every start."""
+    if settings.discord_token is None:
+        print("lcm-bot: DISCORD_TOKEN is not set.", file=sys.stderr)
+        return 2
+
+    async def sync() -> int:
+        async with LcmBot(settings) as bot:
+            if not await _login(bot, settings):
+                return 1
+            guild = discord.Object(id=guild_id) if guild_id else None
+            if guild is not None:
+                bot.tree.copy_global_to(guild=guild)
+            synced = await bot.tree.sync(guild=guild)
+            print(f"synced {len(synced)} commands {'to guild ' + str(guild_id) if guild_id else 'globally'}")
+        return 0
+
+    return asyncio.run(sync())

@@ -1,0 +1,376 @@
+"""/imagine, /remix and /inpaint, and the buttons on their results.
+
+Every generation follows one path (`run_job`): cheap checks answer ephemerally before anything else; then the
+interaction is deferred at once (well inside Discord's 3 seconds, whatever the GPU is doing); attachments are
+downloaded and decoded off the event loop; the job is queued and its message shows the queue position until
+the result replaces it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.engine.executor import Job, JobResult, JobState
+from bot.engine.images import decode_mask, fit_to_bucket, prepare_mask
+from bot.engine.requests import (
+    ASPECTS_AT_1024,
+    DEFAULT_GUIDANCE,
+    PROMPT_MAX_CHARS,
+    SEED_MAX,
+    CheckedOptions,
+    GenerationRequest,
+    Kind,
+    check_options,
+)
+from bot.errors import InvalidImage, InvalidRequest, NotAllowed, UserFacingError
+from bot.tree import PUBLIC_DEFER, report_error, send_ephemeral
+from cogs.utils.attachments import check_attachment, read_bytes, read_image
+from cogs.utils.buttons import queued_view, result_view
+from cogs.utils.delivery import deliver, deliver_error, prepare_files
+from cogs.utils.results import ResultState, build_embed, status_text
+
+if TYPE_CHECKING:
+    from bot.app import LcmBot
+
+log = logging.getLogger(__name__)
+
+STATUS_INTERVAL = 3.0  # seconds between edits of a queued message (Discord rate-limits edits)
+VARIATION_STRENGTH = 0.6
+ASPECT_CHOICES = [app_commands.Choice(name=name, value=name) for name in ASPECTS_AT_1024]
+Prompt = app_commands.Range[str, 1, PROMPT_MAX_CHARS]
+Steps = app_commands.Range[int, 1, 8]
+Seed = app_commands.Range[int, 0, SEED_MAX]
+Strength = app_commands.Range[float, 0.05, 1.0]
+
+OPTION_HELP = {
+    "prompt": "What to draw",
+    "negative": "What to avoid (only used when guidance is above 1)",
+    "steps": "Denoising steps, 1 to 8 (default 4)",
+    "seed": "Seed for reproducible results (random when empty)",
+}
+
+
+def everywhere(command: app_commands.Command) -> app_commands.Command:
+    """Usable in servers and in DMs with the bot."""
+    command = app_commands.allowed_installs(guilds=True, users=False)(command)
+    return app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)(command)
+
+
+class GenerateCog(commands.Cog):
+    def __init__(self, bot: LcmBot) -> None:
+        self.bot = bot
+        self._flows: set[asyncio.Task] = set()
+
+    async def drain(self, timeout: float) -> None:
+        """Wait for generations in flight to be delivered (or reported), e.g. at shutdown."""
+        if self._flows:
+            await asyncio.wait(self._flows, timeout=timeout)
+
+    # -- commands --------------------------------------------------------------------------------------------
+
+    @everywhere
+    @app_commands.command(name="imagine")
+    @app_commands.describe(
+        **OPTION_HELP,
+        aspect="Image shape (default 1:1)",
+        guidance="How closely to follow the prompt, 0 to 2 (default 1)",
+        count="How many images, 1 to 4 (default 1)",
+    )
+    @app_commands.choices(aspect=ASPECT_CHOICES)
+    async def imagine(
+        self,
+        interaction: discord.Interaction,
+        prompt: Prompt,
+        negative: Prompt | None = None,
+        aspect: str | None = None,
+        steps: Steps | None = None,
+        guidance: app_commands.Range[float, 0.0, 2.0] | None = None,
+        seed: Seed | None = None,
+        count: app_commands.Range[int, 1, 4] | None = None,
+    ) -> None:
+        """Turn a text prompt into images."""
+        options = self.check(
+            Kind.IMAGINE,
+            prompt,
+            negative=negative,
+            aspect=aspect,
+            steps=steps,
+            guidance=guidance,
+            seed=seed,
+            count=count,
+        )
+        await self.run_job(interaction, self._without_images(options))
+
+    @everywhere
+    @app_commands.command(name="remix")
+    @app_commands.describe(
+        **OPTION_HELP,
+        image="The picture to start from",
+        strength="How much to change it, 0.05 to 1 (default 0.6)",
+    )
+    async def remix(
+        self,
+        interaction: discord.Interaction,
+        image: discord.Attachment,
+        prompt: Prompt,
+        strength: Strength | None = None,
+        negative: Prompt | None = None,
+        steps: Steps | None = None,
+        seed: Seed | None = None,
+    ) -> None:
+        """Redraw a picture following a prompt."""
+        options = self.check(Kind.REMIX, prompt, negative=negative, steps=steps, seed=seed, strength=strength)
+        check_attachment(image, "image")
+        await self.run_job(interaction, self._from_attachment(options, image))
+
+    @everywhere
+    @app_commands.command(name="inpaint")
+    @app_commands.describe(
+        **OPTION_HELP,
+        image="The picture to repaint (its transparent pixels are repainted when there is no mask)",
+        mask="White where the picture should be repainted, black where it stays",
+        strength="How much to change the masked part, 0.05 to 1 (default 1)",
+    )
+    async def inpaint(
+        self,
+        interaction: discord.Interaction,
+        image: discord.Attachment,
+        prompt: Prompt,
+        mask: discord.Attachment | None = None,
+        strength: Strength | None = None,
+        negative: Prompt | None = None,
+        steps: Steps | None = None,
+        seed: Seed | None = None,
+    ) -> None:
+        """Repaint part of a picture following a prompt."""
+        options = self.check(Kind.INPAINT, prompt, negative=negative, steps=steps, seed=seed, strength=strength)
+        check_attachment(image, "image")
+        if mask is not None:
+            check_attachment(mask, "mask")
+        await self.run_job(interaction, self._inpaint_request(options, image, mask))
+
+    # -- buttons and modal -----------------------------------------------------------------------------------
+
+    async def reroll(self, interaction: discord.Interaction) -> None:
+        state = _result_state(interaction)
+        options = self.check(
+            Kind.IMAGINE,
+            state.prompt,
+            negative=state.negative,
+            aspect=state.aspect,
+            steps=state.steps,
+            guidance=state.guidance,
+            count=len(state.seeds),
+        )
+        await self.run_job(interaction, self._without_images(options))
+
+    async def variation(self, interaction: discord.Interaction, index: int, prompt: str | None = None) -> None:
+        """A remix of image `index` of the result, with its prompt or a new one."""
+        state = _result_state(interaction)
+        attachments = interaction.message.attachments if interaction.message else []
+        if index >= len(attachments):
+            raise InvalidRequest("That image is no longer attached to the message.")
+        options = self.check(
+            Kind.REMIX,
+            prompt or state.prompt,
+            negative=state.negative,
+            steps=state.steps,
+            guidance=state.guidance,
+            strength=VARIATION_STRENGTH,
+        )
+        await self.run_job(interaction, self._from_attachment(options, attachments[index]))
+
+    async def open_remix_modal(self, interaction: discord.Interaction) -> None:
+        state = _result_state(interaction)
+        image_count = len(interaction.message.attachments) if interaction.message else 0
+        await interaction.response.send_modal(RemixModal(self, state.prompt, image_count))
+
+    async def delete(self, interaction: discord.Interaction, author_id: int) -> None:
+        if interaction.user.id != author_id and not interaction.permissions.manage_messages:
+            raise NotAllowed("Only the person who made this image, or a moderator, can delete it.")
+        await interaction.response.defer()
+        if interaction.message is not None:
+            with contextlib.suppress(discord.NotFound):  # already gone: the goal is reached
+                await interaction.message.delete()
+
+    async def cancel(self, interaction: discord.Interaction, author_id: int, job_id: str) -> None:
+        if interaction.user.id != author_id:
+            raise NotAllowed("Only the person who asked for this can cancel it.")
+        if not self.bot.engine.executor.cancel(job_id):
+            raise InvalidRequest("This request is no longer waiting in the queue, so it can't be cancelled.")
+        await interaction.response.defer()  # the waiting job reports the cancellation to its author
+
+    # -- the one generation path -----------------------------------------------------------------------------
+
+    def check(self, kind: Kind, prompt: str, **options: object) -> CheckedOptions:
+        pipes = self.bot.engine.pipes
+        guidance = options.get("guidance")
+        return check_options(
+            kind,
+            prompt,
+            buckets=self.bot.engine.buckets,
+            count_tokens=pipes.count_tokens,
+            negative_has_effect=pipes.negative_has_effect(DEFAULT_GUIDANCE if guidance is None else guidance),
+            **options,
+        )
+
+    async def run_job(
+        self, interaction: discord.Interaction, build_request: Callable[[], Awaitable[GenerationRequest]]
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._flows.add(task)
+        try:
+            await self._run_job(interaction, build_request)
+        finally:
+            self._flows.discard(task)
+
+    async def _run_job(
+        self, interaction: discord.Interaction, build_request: Callable[[], Awaitable[GenerationRequest]]
+    ) -> None:
+        executor = self.bot.engine.executor
+        # 1. The user's caps, before acknowledging: a refusal stays ephemeral
+        executor.check_admission(interaction.user.id)
+        # 2. Acknowledge at once with a public "thinking" message, which becomes the result
+        await interaction.response.defer(thinking=True)
+        interaction.extras[PUBLIC_DEFER] = True
+        # 3. Build the request (attachments are downloaded and decoded here) and queue it
+        try:
+            request = await build_request()
+            job = executor.submit(request, interaction.user.id)
+        except UserFacingError as exc:
+            await send_ephemeral(interaction, exc.message)
+            return
+        # 4. Show the queue position until the job ends
+        try:
+            result = await self._wait_showing_progress(interaction, job)
+        except UserFacingError as exc:
+            await deliver_error(interaction, exc.message)
+            return
+        # 5. Replace the status message with the images (or post them to the channel)
+        await self._deliver(interaction, request, result)
+
+    async def _wait_showing_progress(self, interaction: discord.Interaction, job: Job) -> JobResult:
+        executor = self.bot.engine.executor
+        shown = None
+        while True:
+            text = status_text(executor.position(job), executor.eta(job))
+            if text != shown and not interaction.is_expired() and not job.future.done():
+                view = queued_view(interaction.user.id, job.id) if job.state is JobState.QUEUED else None
+                try:
+                    await interaction.edit_original_response(content=text, view=view)
+                    shown = text
+                except discord.HTTPException as exc:
+                    log.debug("could not update the status of job %s: %s", job.id, exc)
+            try:
+                return await asyncio.wait_for(job.result(), STATUS_INTERVAL)
+            except TimeoutError:
+                continue
+
+    async def _deliver(self, interaction: discord.Interaction, request: GenerationRequest, result: JobResult) -> None:
+        files, note = await prepare_files(result.images, interaction.filesize_limit)
+        content = "\n".join([*request.notices, *([note] if note else [])]) or None
+        view = result_view(request.kind, interaction.user.id, len(files))
+        try:
+            await deliver(
+                interaction,
+                content=content,
+                embed=build_embed(request, result, interaction.user),
+                view=view,
+                files=files,
+            )
+        except discord.HTTPException as exc:
+            # Missing permissions or a deleted channel: nothing more we can do for this job, and no other job
+            # depends on it.
+            log.warning(
+                "could not deliver a result to user %s in channel %s: %s",
+                interaction.user.id,
+                interaction.channel_id,
+                exc,
+            )
+
+    # -- request builders ------------------------------------------------------------------------------------
+
+    def _without_images(self, options: CheckedOptions) -> Callable[[], Awaitable[GenerationRequest]]:
+        async def build() -> GenerationRequest:
+            return options.to_request(self.bot.engine.buckets)
+
+        return build
+
+    def _from_attachment(
+        self, options: CheckedOptions, image: discord.Attachment
+    ) -> Callable[[], Awaitable[GenerationRequest]]:
+        buckets = self.bot.engine.buckets
+
+        async def build() -> GenerationRequest:
+            decoded = await read_image(image, "image")
+            fitted = await asyncio.to_thread(fit_to_bucket, decoded.image, buckets)
+            return options.to_request(buckets, fitted)
+
+        return build
+
+    def _inpaint_request(
+        self, options: CheckedOptions, image: discord.Attachment, mask: discord.Attachment | None
+    ) -> Callable[[], Awaitable[GenerationRequest]]:
+        buckets = self.bot.engine.buckets
+
+        async def build() -> GenerationRequest:
+            decoded = await read_image(image, "image")
+            if mask is not None:
+                fitted_mask = await asyncio.to_thread(
+                    decode_mask, await read_bytes(mask, "mask"), decoded.image.size, buckets
+                )
+            elif decoded.alpha_mask is not None:
+                fitted_mask = await asyncio.to_thread(prepare_mask, decoded.alpha_mask, decoded.image.size, buckets)
+            else:
+                raise InvalidImage("Attach a `mask` (white = repaint), or use an image with transparent parts.")
+            fitted = await asyncio.to_thread(fit_to_bucket, decoded.image, buckets)
+            return options.to_request(buckets, fitted, fitted_mask)
+
+        return build
+
+
+class RemixModal(discord.ui.Modal, title="Remix with a new prompt"):
+    def __init__(self, cog: GenerateCog, prompt: str, image_count: int) -> None:
+        super().__init__(timeout=15 * 60)
+        self.cog = cog
+        self.prompt = discord.ui.TextInput(
+            label="New prompt", style=discord.TextStyle.paragraph, max_length=PROMPT_MAX_CHARS, default=prompt
+        )
+        self.add_item(self.prompt)
+        self.image_number: discord.ui.TextInput | None = None
+        if image_count > 1:
+            self.image_number = discord.ui.TextInput(
+                label=f"Which image (1 to {image_count})", required=False, max_length=1, placeholder="1"
+            )
+            self.add_item(self.image_number)
+        self.image_count = image_count
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        number = (self.image_number.value if self.image_number else "") or "1"
+        if not number.isdigit() or not 1 <= int(number) <= max(1, self.image_count):
+            raise InvalidRequest(f"Pick an image number from 1 to {self.image_count}.")
+        await self.cog.variation(interaction, int(number) - 1, prompt=self.prompt.value)
+
+    async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:
+        await report_error(interaction, error)
+
+
+def _result_state(interaction: discord.Interaction) -> ResultState:
+    message = interaction.message
+    try:
+        return ResultState.from_embed(message.embeds[0])  # type: ignore[union-attr]
+    except (AttributeError, IndexError, KeyError, ValueError):
+        raise InvalidRequest("That message holds no result to start from.") from None
+
+
+async def setup(bot: LcmBot) -> None:
+    await bot.add_cog(GenerateCog(bot))

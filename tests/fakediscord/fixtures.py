@@ -1,0 +1,75 @@
+"""Pytest fixtures: a fake Discord per test and bots connected to it, with the engine on the tiny model."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import discord
+import pytest
+from pydantic import SecretStr
+
+from bot.app import LcmBot
+from bot.engine.executor import BatchRunner, Executor
+from bot.engine.generation import generate
+from bot.engine.pipelines import Pipelines
+from bot.engine.requests import bucket_sizes
+from bot.engine.service import Engine
+from bot.settings import Settings
+from tests.fakediscord.server import FakeDiscord
+from tests.fakediscord.spec import OpenApiSpec
+
+
+@pytest.fixture(scope="session")
+def discord_spec() -> OpenApiSpec:
+    return OpenApiSpec()
+
+
+@pytest.fixture
+async def fake(discord_spec: OpenApiSpec, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeDiscord]:
+    server = FakeDiscord(discord_spec)
+    base_url = await server.start()
+    monkeypatch.setattr(discord.http.Route, "BASE", f"{base_url}/api/v10")
+    yield server
+    await server.stop()
+    assert server.violations == [], "the bot sent requests Discord's API description does not allow"
+
+
+def make_engine(pipes: Pipelines, settings: Settings, runner: BatchRunner | None = None) -> Engine:
+    executor = Executor(
+        runner or functools.partial(generate, pipes),
+        model_name="tiny",
+        max_batch_images=settings.max_batch_images or 4,
+        queue_max=settings.queue_max,
+        user_max_pending=settings.user_max_pending,
+        batch_timeout=settings.batch_timeout,
+    )
+    executor.start()
+    return Engine(pipes=pipes, executor=executor, buckets=bucket_sizes(settings.base_resolution))
+
+
+BotStarter = Callable[..., Awaitable[LcmBot]]
+
+
+@pytest.fixture
+async def start_bot(fake: FakeDiscord, settings: Settings, pipes: Pipelines) -> AsyncIterator[BotStarter]:
+    """Start bots against the fake; each is closed at the end of the test (a test may restart its bot)."""
+    running: list[tuple[LcmBot, asyncio.Task]] = []
+
+    async def start(runner: BatchRunner | None = None, **overrides: object) -> LcmBot:
+        bot_settings = settings.model_copy(
+            update={"dev_guild_id": fake.guild_id, "discord_token": SecretStr("fake-token"), **overrides}
+        )
+        bot = LcmBot(bot_settings, make_engine(pipes, bot_settings, runner))
+        await bot.login("fake-token")
+        fake.identified.clear()
+        running.append((bot, asyncio.create_task(bot.connect())))
+        await asyncio.wait_for(bot.wait_until_ready(), 30)
+        return bot
+
+    yield start
+    for bot, task in running:
+        if not bot.is_closed():
+            await bot.close()
+        await asyncio.wait_for(task, 30)
