@@ -133,8 +133,9 @@ class Executor:
                 await self._serve_task
         if self._finishing:
             await asyncio.gather(*self._finishing, return_exceptions=True)
-        self._gpu.shutdown(wait=True)
-        self._png.shutdown(wait=True)
+        # Both pools are idle now (the serve loop and the encoders have finished): never block the loop here.
+        self._gpu.shutdown(wait=False)
+        self._png.shutdown(wait=False)
 
     # -- submitting ------------------------------------------------------------------------------------------
 
@@ -230,6 +231,10 @@ class Executor:
             images = await self._generate([job.request for job in batch])
         except Exception as exc:
             self._running = []
+            if self._closing and self._stop_running.is_set():  # stopped by shutdown, not its own fault: no retry
+                for job in batch:
+                    self._settle(job, JobState.FAILED, ShuttingDown("The bot restarted while this was being made."))
+                return
             if isolate_on_failure and len(batch) > 1:
                 log.warning("batch of %d jobs failed (%r); retrying them one by one", len(batch), exc)
                 for job in batch:

@@ -85,6 +85,8 @@ async def post_to_channel(interaction: discord.Interaction, content: str | None,
     channel = interaction.client.get_partial_messageable(interaction.channel_id or 0)
     await channel.send(
         content=f"{interaction.user.mention} {content or ''}".strip(),
-        allowed_mentions=discord.AllowedMentions(users=[interaction.user], everyone=False, roles=False),
+        # Our content holds only this mention and our own notices (prompts live in the embed, which never pings),
+        # so "users" can be allowed by type; listing ids would send them as integers, not the API's strings.
+        allowed_mentions=discord.AllowedMentions(users=True, everyone=False, roles=False),
         **message,
     )

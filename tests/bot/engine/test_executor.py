@@ -3,7 +3,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import io
-import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -15,23 +14,7 @@ from bot.engine.generation import generate
 from bot.engine.pipelines import Pipelines
 from bot.engine.requests import GenerationRequest, Kind, check_inputs
 from bot.errors import GenerationFailed, JobCancelled, QueueFull, ShuttingDown, TooManyPending
-
-
-class RecordingRunner:
-    """The real tiny pipeline, recording each batch's prompts; a prompt containing "boom" raises."""
-
-    def __init__(self, pipes: Pipelines) -> None:
-        self.pipes = pipes
-        self.batches: list[list[str]] = []
-        self.gate = threading.Event()
-        self.gate.set()
-
-    def __call__(self, requests: Sequence[GenerationRequest], should_stop: Callable[[], bool]) -> list:
-        self.gate.wait(timeout=30)
-        self.batches.append([request.prompt for request in requests])
-        if any("boom" in request.prompt for request in requests):
-            raise RuntimeError("simulated failure")
-        return generate(self.pipes, requests, should_stop)
+from tests.support.runners import RecordingRunner
 
 
 def make_executor(runner, **overrides: object) -> Executor:
