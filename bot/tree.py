@@ -34,9 +34,11 @@ async def report_error(interaction: discord.Interaction, error: BaseException) -
         message = str(original)
     else:
         error_id = uuid.uuid4().hex[:8]
-        command = interaction.command.qualified_name if interaction.command else interaction.data
-        options = dict(interaction.namespace) if interaction.type is discord.InteractionType.application_command else {}
-        log.error("interaction %s failed (error id %s), options %r", command, error_id, options, exc_info=original)
+        command = interaction.command.qualified_name if interaction.command else interaction.type.name
+        # The raw interaction data holds the options (or a button's custom_id) exactly as the user sent them.
+        log.error(
+            "interaction %s failed (error id %s), data %r", command, error_id, interaction.data, exc_info=original
+        )
         message = f"Something went wrong on our side (error id `{error_id}`). Please try again."
     try:
         await send_ephemeral(interaction, message)

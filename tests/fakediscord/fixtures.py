@@ -52,6 +52,16 @@ def make_engine(pipes: Pipelines, settings: Settings, runner: BatchRunner | None
 BotStarter = Callable[..., Awaitable[LcmBot]]
 
 
+async def connect_bot(fake: FakeDiscord, settings: Settings, engine: Engine) -> tuple[LcmBot, asyncio.Task]:
+    """Log a real `LcmBot` in to the fake and wait until it is ready; the task runs its gateway connection."""
+    bot = LcmBot(settings, engine)
+    await bot.login("fake-token")
+    fake.identified.clear()
+    task = asyncio.create_task(bot.connect())
+    await asyncio.wait_for(bot.wait_until_ready(), 30)
+    return bot, task
+
+
 @pytest.fixture
 async def start_bot(fake: FakeDiscord, settings: Settings, pipes: Pipelines) -> AsyncIterator[BotStarter]:
     """Start bots against the fake; each is closed at the end of the test (a test may restart its bot)."""
@@ -61,11 +71,8 @@ async def start_bot(fake: FakeDiscord, settings: Settings, pipes: Pipelines) -> 
         bot_settings = settings.model_copy(
             update={"dev_guild_id": fake.guild_id, "discord_token": SecretStr("fake-token"), **overrides}
         )
-        bot = LcmBot(bot_settings, make_engine(pipes, bot_settings, runner))
-        await bot.login("fake-token")
-        fake.identified.clear()
-        running.append((bot, asyncio.create_task(bot.connect())))
-        await asyncio.wait_for(bot.wait_until_ready(), 30)
+        bot, task = await connect_bot(fake, bot_settings, make_engine(pipes, bot_settings, runner))
+        running.append((bot, task))
         return bot
 
     yield start
