@@ -22,7 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from PIL import Image
 
-from bot.engine.executor import Executor
+from bench.streams import time_stream
 from bot.engine.generation import generate
 from bot.engine.images import encode_png
 from bot.engine.pipelines import Pipelines, load_pipelines
@@ -43,27 +43,6 @@ def direct(pipes: Pipelines, requests: list[GenerationRequest]) -> float:
         [[image]] = generate(pipes, [request])
         encode_png(image, {"prompt": request.prompt, "seed": request.seeds[0]})
     return time.perf_counter() - start
-
-
-async def through_executor(
-    runner: Callable, requests: list[GenerationRequest], batch_images: int, png_workers: int = 2
-) -> float:
-    executor = Executor(
-        runner,
-        model_name="tiny",
-        max_batch_images=batch_images,
-        queue_max=10_000,
-        user_max_pending=10_000,
-        batch_timeout=600,
-        png_workers=png_workers,
-    )
-    start = time.perf_counter()
-    executor.start()
-    jobs = [executor.submit(request, user_id=index % USERS) for index, request in enumerate(requests)]
-    await asyncio.gather(*(job.result() for job in jobs))
-    elapsed = time.perf_counter() - start
-    await executor.close()
-    return elapsed
 
 
 def main() -> None:
@@ -95,11 +74,11 @@ def main() -> None:
     png_seconds = time.perf_counter() - png_start
     rows = [
         ("pipeline called per request + PNG", direct(pipes, requests)),
-        ("executor, batches of 1", asyncio.run(through_executor(run, requests, 1))),
-        ("executor, batches of up to 4", asyncio.run(through_executor(run, requests, 4))),
+        ("executor, batches of 1", asyncio.run(time_stream(run, requests, users=USERS, batch_images=1))),
+        ("executor, batches of up to 4", asyncio.run(time_stream(run, requests, users=USERS, batch_images=4))),
         (
             "executor, ready images, 1 PNG thread",
-            asyncio.run(through_executor(ready_runner, requests, 1, png_workers=1)),
+            asyncio.run(time_stream(ready_runner, requests, users=USERS, batch_images=1, png_workers=1)),
         ),
         ("PNG encoding alone", png_seconds),
     ]

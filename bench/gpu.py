@@ -28,10 +28,10 @@ import torch
 from diffusers import AutoencoderKL, LCMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from bot.engine.executor import Executor
+from bench.streams import time_stream
 from bot.engine.generation import generate
 from bot.engine.pipelines import Pipelines, assemble_pipelines, vae_dtype
-from bot.engine.requests import Kind, bucket_sizes, check_inputs
+from bot.engine.requests import GenerationRequest, Kind, bucket_sizes, check_inputs
 from bot.engine.service import choose_batch_images
 from bot.settings import load_settings
 from tests.support.tiny_model import build_tiny_model, byte_level_tokenizer
@@ -113,30 +113,11 @@ def median_seconds(watch: Stopwatch, run, repeats: int) -> float:
     return statistics.median(times)
 
 
-async def executor_stream(pipes: Pipelines, buckets, requests: int, users: int, batch_images: int) -> float:
-    executor = Executor(
-        functools.partial(generate, pipes),
-        model_name="random",
-        max_batch_images=batch_images,
-        queue_max=10_000,
-        user_max_pending=10_000,
-        batch_timeout=600,
-    )
-    executor.start()
-    start = time.perf_counter()
-    jobs = [
-        executor.submit(
-            check_inputs(
-                Kind.IMAGINE, f"prompt {index}", buckets=buckets, aspect=STREAM_ASPECTS[index % 4], seed=index
-            ),
-            user_id=index % users,
-        )
-        for index in range(requests)
+def stream_requests(buckets: dict[str, tuple[int, int]], count: int) -> list[GenerationRequest]:
+    return [
+        check_inputs(Kind.IMAGINE, f"prompt {index}", buckets=buckets, aspect=STREAM_ASPECTS[index % 4], seed=index)
+        for index in range(count)
     ]
-    await asyncio.gather(*(job.result() for job in jobs))
-    elapsed = time.perf_counter() - start
-    await executor.close()
-    return elapsed
 
 
 def main() -> None:
@@ -177,15 +158,17 @@ def main() -> None:
     for aspect in STREAM_ASPECTS:
         generate(ours, [check_inputs(Kind.IMAGINE, "warm-up", buckets=buckets, aspect=aspect)])
     watch.reset_peak()
-    ours_alone = statistics.median(
-        asyncio.run(executor_stream(ours, buckets, requests=1, users=1, batch_images=1)) for _ in range(3)
-    )
+    run_ours = functools.partial(generate, ours)
+    one = stream_requests(buckets, 1)
+    ours_alone = statistics.median(asyncio.run(time_stream(run_ours, one, users=1, batch_images=1)) for _ in range(3))
     ours_peak_1 = watch.peak_gib()
     watch.reset_peak()
     eight = check_inputs(Kind.IMAGINE, "a fox", buckets=buckets, count=4)
     ours_batch8 = median_seconds(watch, lambda: generate(ours, [eight, eight]), repeats=1)
     ours_peak_8 = watch.peak_gib()
-    ours_stream = asyncio.run(executor_stream(ours, buckets, args.requests, args.users, batch_images))
+    ours_stream = asyncio.run(
+        time_stream(run_ours, stream_requests(buckets, args.requests), users=args.users, batch_images=batch_images)
+    )
 
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU (tiny model)"
     print(f"device: {name}; {resolution}px base, {STEPS} steps; stream: {args.requests} single-image requests")
