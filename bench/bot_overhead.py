@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import discord
 from pydantic import SecretStr
 
-from bot.engine.pipelines import load_pipelines
+from bot.engine.service import load_engine
 from bot.settings import load_settings
 from tests.fakediscord import FakeDiscord, OpenApiSpec
 from tests.fakediscord.fixtures import connect_bot, make_engine
@@ -67,7 +67,7 @@ async def measure(interactions: int, users: int) -> None:
             discord_token=SecretStr("fake-token"),
             _env_file=None,
         )
-        pipes = await asyncio.to_thread(load_pipelines, settings)
+        pipes, _ = await asyncio.to_thread(load_engine, settings)  # as at a real start: load, warm up, freeze
     bot, connection = await connect_bot(fake, settings, make_engine(pipes, settings))
 
     lags: list[float] = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -42,7 +43,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STATUS_INTERVAL = 3.0  # seconds between edits of a queued message (Discord rate-limits edits)
+STATUS_INTERVAL = 3.0  # at least this many seconds between edits of a queued message (Discord rate-limits edits)
+STATUS_JITTER = 1.0  # spread over this many more seconds, so a burst of jobs does not edit all at once
 VARIATION_STRENGTH = 0.6
 ASPECT_CHOICES = [app_commands.Choice(name=name, value=name) for name in ASPECTS_AT_1024]
 Prompt = app_commands.Range[str, 1, PROMPT_MAX_CHARS]
@@ -260,6 +262,7 @@ class GenerateCog(commands.Cog):
 
     async def _wait_showing_progress(self, interaction: discord.Interaction, job: Job) -> JobResult:
         executor = self.bot.engine.executor
+        interval = STATUS_INTERVAL + random.uniform(0, STATUS_JITTER)
         shown = None
         while True:
             text = status_text(executor.position(job), executor.eta(job))
@@ -271,7 +274,7 @@ class GenerateCog(commands.Cog):
                 except discord.HTTPException as exc:
                     log.debug("could not update the status of job %s: %s", job.id, exc)
             try:
-                return await asyncio.wait_for(job.result(), STATUS_INTERVAL)
+                return await asyncio.wait_for(job.result(), interval)
             except TimeoutError:
                 continue
 

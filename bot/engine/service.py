@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -58,8 +59,17 @@ def load_engine(settings: Settings) -> tuple[Pipelines, int]:
     smallest = min(buckets, key=lambda name: buckets[name][0] * buckets[name][1])
     warm_up(pipes, check_inputs(Kind.IMAGINE, "warm-up", buckets=buckets, aspect=smallest, steps=1, seed=0))
     batch_images = choose_batch_images(settings, pipes.device)
+    freeze_loaded_objects()
     log.info("engine ready on %s; batches of up to %d images", pipes.device, batch_images)
     return pipes, batch_images
+
+
+def freeze_loaded_objects() -> None:
+    """Exempt what is loaded by now (models, libraries: millions of long-lived objects) from cyclic garbage
+    collection. A full collection walks every tracked object while holding the GIL; over that heap it takes
+    hundreds of milliseconds, and the event loop (heartbeats, acknowledgements) would stall meanwhile."""
+    gc.collect()
+    gc.freeze()
 
 
 @contextlib.asynccontextmanager

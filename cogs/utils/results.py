@@ -68,6 +68,16 @@ def build_embed(request: GenerationRequest, result: JobResult, requester: discor
 
 
 def status_text(position: int | None, eta: float) -> str:
+    """Coarse on purpose: the message is edited only when this text changes, so a second-by-second countdown
+    would cost an edit per job every few seconds for no real information."""
     if position == 0:
-        return f"Generating… about {eta:.0f} s left."
-    return f"Queued: position {position}, about {eta:.0f} s."
+        return f"Generating… {_about(eta)} left."
+    return f"Queued: position {position}, {_about(eta)}."
+
+
+def _about(seconds: float) -> str:
+    if seconds < 10:
+        return "a few seconds"
+    if seconds < 60:
+        return f"about {5 * round(seconds / 5)} s"
+    return f"about {round(seconds / 60)} min"

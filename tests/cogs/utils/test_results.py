@@ -49,5 +49,7 @@ def test_foreign_embed_is_refused() -> None:
 
 
 def test_status_text() -> None:
-    assert status_text(3, 12.4) == "Queued: position 3, about 12 s."
-    assert status_text(0, 2.0) == "Generating… about 2 s left."
+    assert status_text(3, 12.4) == "Queued: position 3, about 10 s."
+    assert status_text(3, 13.0) == "Queued: position 3, about 15 s."
+    assert status_text(9, 150) == "Queued: position 9, about 2 min."
+    assert status_text(0, 2.0) == "Generating… a few seconds left."

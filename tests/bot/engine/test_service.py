@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+import gc
+
+import torch
+
+from bot.engine.requests import Kind, check_inputs
+from bot.engine.service import choose_batch_images, load_engine, open_engine
+from bot.settings import Settings
+
+
+def test_batch_size_is_the_setting_or_a_cpu_default(settings: Settings) -> None:
+    assert choose_batch_images(settings.model_copy(update={"max_batch_images": 6}), torch.device("cpu")) == 6
+    assert choose_batch_images(settings.model_copy(update={"max_batch_images": None}), torch.device("cpu")) == 4
+
+
+def test_load_engine_warms_up_and_freezes_the_loaded_heap(settings: Settings) -> None:
+    pipes, batch_images = load_engine(settings)
+    assert batch_images == settings.max_batch_images
+    assert pipes.device.type == "cpu"
+    assert gc.get_freeze_count() > 100_000  # the libraries and the model are out of the collector's reach
+
+
+async def test_open_engine_serves_and_drains(settings: Settings, buckets) -> None:
+    async with open_engine(settings, drain_on_close=True) as engine:
+        job = engine.executor.submit(check_inputs(Kind.IMAGINE, "x", buckets=buckets, steps=1), user_id=1)
+    assert len((await job.result()).images) == 1
