@@ -28,7 +28,7 @@ import discord
 from pydantic import SecretStr
 
 from bot.engine.service import load_engine
-from bot.settings import load_settings
+from bot.settings import Settings
 from tests.fakediscord import FakeDiscord, OpenApiSpec
 from tests.fakediscord.fixtures import connect_bot, make_engine
 from tests.support.tiny_model import build_tiny_model
@@ -55,7 +55,7 @@ async def measure(interactions: int, users: int) -> None:
     with tempfile.TemporaryDirectory() as folder:
         model = build_tiny_model(Path(folder))
         discord.http.Route.BASE = f"{await remote.call(fake.start())}/api/v10"
-        settings = load_settings(
+        settings = Settings(
             model_base=str(model.base),
             model_unet=str(model.lcm_unet),
             base_resolution=256,

@@ -27,7 +27,7 @@ from bot.engine.generation import generate
 from bot.engine.images import encode_png
 from bot.engine.pipelines import Pipelines, load_pipelines
 from bot.engine.requests import GenerationRequest, Kind, bucket_sizes, check_inputs
-from bot.settings import load_settings
+from bot.settings import Settings
 from tests.support.tiny_model import build_tiny_model
 
 USERS = 16
@@ -51,7 +51,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         model = build_tiny_model(Path(folder))
-        settings = load_settings(
+        settings = Settings(
             model_base=str(model.base),
             model_unet=str(model.lcm_unet),
             base_resolution=256,

@@ -33,7 +33,7 @@ from bot.engine.generation import generate
 from bot.engine.pipelines import Pipelines, assemble_pipelines, vae_dtype
 from bot.engine.requests import GenerationRequest, Kind, bucket_sizes, check_inputs
 from bot.engine.service import choose_batch_images
-from bot.settings import load_settings
+from bot.settings import Settings
 from tests.support.tiny_model import build_tiny_model, byte_level_tokenizer
 
 DEFAULT_CONFIGS = Path(__file__).resolve().parents[2] / "shared" / "model-configs" / "ssd-1b"
@@ -138,7 +138,7 @@ def main() -> None:
     plain.to(device)
     plain.set_progress_bar_config(disable=True)
     ours = ours_from(plain, device)
-    settings = load_settings(base_resolution=resolution, _env_file=None)
+    settings = Settings(base_resolution=resolution, _env_file=None)
     batch_images = choose_batch_images(settings, device)
 
     # 1. Plain diffusers: warm up, one request alone, batch of 8 prompts, then the request stream one by one

@@ -13,12 +13,14 @@ import logging
 import sys
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from bot.doctor import run_checks
 from bot.engine.pipelines import ModelUnavailable
 from bot.engine.requests import ASPECTS_AT_1024, Kind, check_inputs
 from bot.engine.service import open_engine
 from bot.errors import UserFacingError
-from bot.settings import Settings, SettingsError, load_settings
+from bot.settings import Settings, describe_invalid
 
 log = logging.getLogger("bot")
 
@@ -26,9 +28,9 @@ log = logging.getLogger("bot")
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        settings = load_settings()
-    except SettingsError as exc:
-        print(f"lcm-bot: {exc}", file=sys.stderr)
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"lcm-bot: {describe_invalid(exc)}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

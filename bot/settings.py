@@ -1,8 +1,8 @@
 """Settings read from the environment and `.env`.
 
 Every field is named after its environment variable (case-insensitive), so `.env.example` documents exactly
-these names. A bad value must stop the process with one readable line: `load_settings` turns pydantic's
-validation report into a `SettingsError` whose message names each offending variable.
+these names. A bad value must stop the process with one readable line: `describe_invalid` turns pydantic's
+validation report into one line that names each offending variable.
 """
 
 from __future__ import annotations
@@ -12,10 +12,6 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-
-class SettingsError(Exception):
-    """Raised at start when the environment holds a missing or invalid setting."""
 
 
 class Settings(BaseSettings):
@@ -37,13 +33,10 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
-def load_settings(**overrides: object) -> Settings:
-    """Build `Settings`, converting validation failures into one line per bad variable."""
-    try:
-        return Settings(**overrides)
-    except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            name = "_".join(str(part) for part in error["loc"]).upper() or "settings"
-            problems.append(f"{name}: {error['msg']}")
-        raise SettingsError("invalid settings: " + "; ".join(problems)) from None
+def describe_invalid(error: ValidationError) -> str:
+    """One line naming every bad variable and what is wrong with it."""
+    problems = []
+    for detail in error.errors():
+        name = "_".join(str(part) for part in detail["loc"]).upper() or "settings"
+        problems.append(f"{name}: {detail['msg']}")
+    return "invalid settings: " + "; ".join(problems)

@@ -11,7 +11,7 @@ import torch
 
 from bot.engine.pipelines import Pipelines, load_pipelines
 from bot.engine.requests import bucket_sizes
-from bot.settings import Settings, load_settings
+from bot.settings import Settings
 from tests.support.tiny_model import TinyModel, build_tiny_model
 
 TEST_RESOLUTION = 256
@@ -26,7 +26,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
 
 @pytest.fixture(scope="session")
 def settings(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    return load_settings(
+    return Settings(
         model_base=str(tiny_model.base),
         model_unet=str(tiny_model.lcm_unet),
         base_resolution=TEST_RESOLUTION,

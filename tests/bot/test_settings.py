@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
-from bot.settings import SettingsError, load_settings
+from bot.settings import Settings, describe_invalid
 
 
 def test_defaults_are_the_production_recipe(monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = load_settings(_env_file=None)
+    settings = Settings(_env_file=None)
     assert settings.model_base == "segmind/SSD-1B"
     assert settings.model_unet == "latent-consistency/lcm-ssd-1b"
     assert settings.base_resolution == 1024 and settings.device == "auto"
@@ -16,7 +17,7 @@ def test_defaults_are_the_production_recipe(monkeypatch: pytest.MonkeyPatch) -> 
 def test_environment_names_are_the_settings_names(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DISCORD_TOKEN", "secret")
     monkeypatch.setenv("USER_MAX_PENDING", "5")
-    settings = load_settings(_env_file=None)
+    settings = Settings(_env_file=None)
     assert settings.discord_token.get_secret_value() == "secret"
     assert settings.user_max_pending == 5
     assert "secret" not in repr(settings)
@@ -25,8 +26,8 @@ def test_environment_names_are_the_settings_names(monkeypatch: pytest.MonkeyPatc
 def test_invalid_values_become_one_line_naming_each_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BASE_RESOLUTION", "100")
     monkeypatch.setenv("DEVICE", "tpu")
-    with pytest.raises(SettingsError) as caught:
-        load_settings(_env_file=None)
-    message = str(caught.value)
+    with pytest.raises(ValidationError) as caught:
+        Settings(_env_file=None)
+    message = describe_invalid(caught.value)
     assert "\n" not in message
     assert "BASE_RESOLUTION" in message and "DEVICE" in message
