@@ -27,8 +27,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import discord
 from pydantic import SecretStr
 
+from bot.app import LcmBot
 from bot.engine.service import load_engine
 from bot.settings import Settings
+from bot.storage import open_database
+from bot.storage.usage import UsageLog
 from tests.fakediscord import FakeDiscord, OpenApiSpec
 from tests.fakediscord.fixtures import connect_bot, make_engine
 from tests.support.tiny_model import build_tiny_model
@@ -68,8 +71,15 @@ async def measure(interactions: int, users: int) -> None:
             _env_file=None,
         )
         pipes, _ = await asyncio.to_thread(load_engine, settings)  # as at a real start: load, warm up, freeze
-    bot, connection = await connect_bot(fake, settings, make_engine(pipes, settings))
+        async with open_database(Path(folder) / "bench.sqlite3") as database:
+            bot, connection = await connect_bot(fake, settings, UsageLog(database), make_engine(pipes, settings))
+            await run_burst(remote, bot, connection, interactions, users)
 
+
+async def run_burst(
+    remote: FakeDiscordThread, bot: LcmBot, connection: asyncio.Task, interactions: int, users: int
+) -> None:
+    fake = remote.fake
     lags: list[float] = []
     stop = asyncio.Event()
 

@@ -1,8 +1,8 @@
 """The Discord side of the bot: the `AutoShardedBot` subclass and how a process runs it.
 
-Start-up order matters for server owners: the token is checked first (a typo fails in a second, not after a
-minute of loading weights), then the engine loads and warms up, and only then does the bot connect to the
-gateway, so no interaction ever arrives before the GPU is ready to take it.
+Start-up order matters for server owners: the database opens (a bad path fails at once), the token is checked
+(a typo fails in a second, not after a minute of loading weights), then the engine loads and warms up, and only
+then does the bot connect to the gateway, so no interaction ever arrives before the GPU is ready to take it.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from discord.ext import commands
 
 from bot.engine.service import Engine, open_engine
 from bot.settings import Settings
+from bot.storage import StorageUnavailable, open_database
+from bot.storage.usage import UsageLog
 from bot.tree import BotTree
 from cogs.utils.buttons import DYNAMIC_ITEMS
 
@@ -35,7 +37,7 @@ class Drainable(Protocol):
 
 
 class LcmBot(commands.AutoShardedBot):
-    def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
+    def __init__(self, settings: Settings, usage: UsageLog, engine: Engine | None = None) -> None:
         super().__init__(
             # Mention prefix: no privileged message-content intent needed; the bot itself is slash-command only.
             command_prefix=commands.when_mentioned,
@@ -44,6 +46,7 @@ class LcmBot(commands.AutoShardedBot):
             help_command=None,
         )
         self.settings = settings
+        self.usage = usage
         self._engine = engine
 
     @property
@@ -91,7 +94,16 @@ def run_bot(settings: Settings) -> int:
 
 
 async def _serve(settings: Settings) -> int:
-    async with LcmBot(settings) as bot:
+    try:
+        async with open_database(settings.database_path) as database:
+            return await _serve_with(settings, UsageLog(database))
+    except StorageUnavailable as exc:
+        print(f"lcm-bot: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _serve_with(settings: Settings, usage: UsageLog) -> int:
+    async with LcmBot(settings, usage) as bot:
         if not await _login(bot, settings):
             return 1
         async with open_engine(settings) as engine:
@@ -122,7 +134,7 @@ def sync_commands(settings: Settings, guild_id: int | None) -> int:
         return 2
 
     async def sync() -> int:
-        async with LcmBot(settings) as bot:
+        async with open_database(settings.database_path) as database, LcmBot(settings, UsageLog(database)) as bot:
             if not await _login(bot, settings):
                 return 1
             guild = discord.Object(id=guild_id) if guild_id else None

@@ -12,8 +12,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
@@ -37,6 +36,7 @@ from cogs.utils.attachments import check_attachment, read_bytes, read_image
 from cogs.utils.buttons import queued_view, result_view
 from cogs.utils.delivery import deliver, deliver_error, prepare_files
 from cogs.utils.results import ResultState, build_embed, status_text
+from cogs.utils.usage import UsageEntry
 
 if TYPE_CHECKING:
     from bot.app import LcmBot
@@ -99,17 +99,8 @@ class GenerateCog(commands.Cog):
         count: app_commands.Range[int, 1, 4] | None = None,
     ) -> None:
         """Turn a text prompt into images."""
-        options = self.check(
-            Kind.IMAGINE,
-            prompt,
-            negative=negative,
-            aspect=aspect,
-            steps=steps,
-            guidance=guidance,
-            seed=seed,
-            count=count,
-        )
-        await self.run_job(interaction, self._without_images(options))
+        values = dict(prompt=prompt, negative=negative, aspect=aspect, steps=steps, guidance=guidance, seed=seed)
+        await self.run_job(interaction, Kind.IMAGINE, values | {"count": count})
 
     @everywhere
     @app_commands.command(name="remix")
@@ -129,9 +120,8 @@ class GenerateCog(commands.Cog):
         seed: Seed | None = None,
     ) -> None:
         """Redraw a picture following a prompt."""
-        options = self.check(Kind.REMIX, prompt, negative=negative, steps=steps, seed=seed, strength=strength)
-        check_attachment(image, "image")
-        await self.run_job(interaction, self._from_attachment(options, image))
+        values = dict(prompt=prompt, negative=negative, steps=steps, seed=seed, strength=strength)
+        await self.run_job(interaction, Kind.REMIX, values, image=image)
 
     @everywhere
     @app_commands.command(name="inpaint")
@@ -153,26 +143,15 @@ class GenerateCog(commands.Cog):
         seed: Seed | None = None,
     ) -> None:
         """Repaint part of a picture following a prompt."""
-        options = self.check(Kind.INPAINT, prompt, negative=negative, steps=steps, seed=seed, strength=strength)
-        check_attachment(image, "image")
-        if mask is not None:
-            check_attachment(mask, "mask")
-        await self.run_job(interaction, self._inpaint_request(options, image, mask))
+        values = dict(prompt=prompt, negative=negative, steps=steps, seed=seed, strength=strength)
+        await self.run_job(interaction, Kind.INPAINT, values, image=image, mask=mask)
 
     # -- buttons and modal -----------------------------------------------------------------------------------
 
     async def reroll(self, interaction: discord.Interaction) -> None:
         state = _result_state(interaction)
-        options = self.check(
-            Kind.IMAGINE,
-            state.prompt,
-            negative=state.negative,
-            aspect=state.aspect,
-            steps=state.steps,
-            guidance=state.guidance,
-            count=len(state.seeds),
-        )
-        await self.run_job(interaction, self._without_images(options))
+        values = dict(prompt=state.prompt, negative=state.negative, aspect=state.aspect, steps=state.steps)
+        await self.run_job(interaction, Kind.IMAGINE, values | {"guidance": state.guidance, "count": len(state.seeds)})
 
     async def variation(self, interaction: discord.Interaction, index: int, prompt: str | None = None) -> None:
         """A remix of image `index` of the result, with its prompt or a new one."""
@@ -180,15 +159,10 @@ class GenerateCog(commands.Cog):
         attachments = interaction.message.attachments if interaction.message else []
         if index >= len(attachments):
             raise InvalidRequest("That image is no longer attached to the message.")
-        options = self.check(
-            Kind.REMIX,
-            prompt or state.prompt,
-            negative=state.negative,
-            steps=state.steps,
-            guidance=state.guidance,
-            strength=VARIATION_STRENGTH,
+        values = dict(
+            prompt=prompt or state.prompt, negative=state.negative, steps=state.steps, guidance=state.guidance
         )
-        await self.run_job(interaction, self._from_attachment(options, attachments[index]))
+        await self.run_job(interaction, Kind.REMIX, values | {"strength": VARIATION_STRENGTH}, image=attachments[index])
 
     async def open_remix_modal(self, interaction: discord.Interaction) -> None:
         state = _result_state(interaction)
@@ -225,38 +199,63 @@ class GenerateCog(commands.Cog):
         )
 
     async def run_job(
-        self, interaction: discord.Interaction, build_request: Callable[[], Awaitable[GenerationRequest]]
+        self,
+        interaction: discord.Interaction,
+        kind: Kind,
+        values: dict[str, Any],
+        *,
+        image: discord.Attachment | None = None,
+        mask: discord.Attachment | None = None,
     ) -> None:
+        """Check, acknowledge, queue, show progress, deliver; every outcome is written to the usage log."""
         task = asyncio.current_task()
         assert task is not None
         self._flows.add(task)
         try:
-            await self._run_job(interaction, build_request)
+            await self._run_job(interaction, kind, values, image, mask)
         finally:
             self._flows.discard(task)
 
     async def _run_job(
-        self, interaction: discord.Interaction, build_request: Callable[[], Awaitable[GenerationRequest]]
+        self,
+        interaction: discord.Interaction,
+        kind: Kind,
+        values: dict[str, Any],
+        image: discord.Attachment | None,
+        mask: discord.Attachment | None,
     ) -> None:
         executor = self.bot.engine.executor
-        # 1. The user's caps, before acknowledging: a refusal stays ephemeral
-        executor.check_admission(interaction.user.id)
+        usage = UsageEntry(self.bot.usage, interaction, kind, values)
+        # 1. Options, attachment metadata and the user's caps, before acknowledging: refusals stay ephemeral
+        try:
+            options = self.check(kind, **values)
+            for attachment, what in ((image, "image"), (mask, "mask")):
+                if attachment is not None:
+                    check_attachment(attachment, what)
+            executor.check_admission(interaction.user.id)
+        except UserFacingError as exc:
+            await usage.rejected(exc)
+            raise
         # 2. Acknowledge at once with a public "thinking" message, which becomes the result
         await interaction.response.defer(thinking=True)
         interaction.extras[PUBLIC_DEFER] = True
-        # 3. Build the request (attachments are downloaded and decoded here) and queue it
+        # 3. Build the request (attachments are downloaded and decoded here); record it, then queue it
         try:
-            request = await build_request()
+            request = await self._build_request(options, image, mask)
+            await usage.queued(request)
             job = executor.submit(request, interaction.user.id)
         except UserFacingError as exc:
+            await usage.rejected(exc)
             await send_ephemeral(interaction, exc.message)
             return
         # 4. Show the queue position until the job ends
         try:
             result = await self._wait_showing_progress(interaction, job)
         except UserFacingError as exc:
+            await usage.ended(exc)
             await deliver_error(interaction, exc.message)
             return
+        await usage.done(result)
         # 5. Replace the status message with the images (or post them to the channel)
         await self._deliver(interaction, request, result)
 
@@ -302,43 +301,25 @@ class GenerateCog(commands.Cog):
 
     # -- request builders ------------------------------------------------------------------------------------
 
-    def _without_images(self, options: CheckedOptions) -> Callable[[], Awaitable[GenerationRequest]]:
-        async def build() -> GenerationRequest:
-            return options.to_request(self.bot.engine.buckets)
-
-        return build
-
-    def _from_attachment(
-        self, options: CheckedOptions, image: discord.Attachment
-    ) -> Callable[[], Awaitable[GenerationRequest]]:
+    async def _build_request(
+        self, options: CheckedOptions, image: discord.Attachment | None, mask: discord.Attachment | None
+    ) -> GenerationRequest:
+        """Download and fit the attachments (off the event loop) and complete the request."""
         buckets = self.bot.engine.buckets
-
-        async def build() -> GenerationRequest:
-            decoded = await read_image(image, "image")
-            fitted = await asyncio.to_thread(fit_to_bucket, decoded.image, buckets)
-            return options.to_request(buckets, fitted)
-
-        return build
-
-    def _inpaint_request(
-        self, options: CheckedOptions, image: discord.Attachment, mask: discord.Attachment | None
-    ) -> Callable[[], Awaitable[GenerationRequest]]:
-        buckets = self.bot.engine.buckets
-
-        async def build() -> GenerationRequest:
-            decoded = await read_image(image, "image")
-            if mask is not None:
-                fitted_mask = await asyncio.to_thread(
-                    decode_mask, await read_bytes(mask, "mask"), decoded.image.size, buckets
-                )
-            elif decoded.alpha_mask is not None:
-                fitted_mask = await asyncio.to_thread(prepare_mask, decoded.alpha_mask, decoded.image.size, buckets)
-            else:
+        if image is None:
+            return options.to_request(buckets)
+        decoded = await read_image(image, "image")
+        fitted_mask = None
+        if mask is not None:
+            fitted_mask = await asyncio.to_thread(
+                decode_mask, await read_bytes(mask, "mask"), decoded.image.size, buckets
+            )
+        elif options.kind is Kind.INPAINT:
+            if decoded.alpha_mask is None:
                 raise InvalidImage("Attach a `mask` (white = repaint), or use an image with transparent parts.")
-            fitted = await asyncio.to_thread(fit_to_bucket, decoded.image, buckets)
-            return options.to_request(buckets, fitted, fitted_mask)
-
-        return build
+            fitted_mask = await asyncio.to_thread(prepare_mask, decoded.alpha_mask, decoded.image.size, buckets)
+        fitted = await asyncio.to_thread(fit_to_bucket, decoded.image, buckets)
+        return options.to_request(buckets, fitted, fitted_mask)
 
 
 class RemixModal(discord.ui.Modal, title="Remix with a new prompt"):

@@ -17,6 +17,8 @@ from bot.engine.pipelines import Pipelines
 from bot.engine.requests import bucket_sizes
 from bot.engine.service import Engine
 from bot.settings import Settings
+from bot.storage import open_database
+from bot.storage.usage import UsageLog
 from tests.fakediscord.server import FakeDiscord
 from tests.fakediscord.spec import OpenApiSpec
 
@@ -52,9 +54,11 @@ def make_engine(pipes: Pipelines, settings: Settings, runner: BatchRunner | None
 BotStarter = Callable[..., Awaitable[LcmBot]]
 
 
-async def connect_bot(fake: FakeDiscord, settings: Settings, engine: Engine) -> tuple[LcmBot, asyncio.Task]:
+async def connect_bot(
+    fake: FakeDiscord, settings: Settings, usage: UsageLog, engine: Engine
+) -> tuple[LcmBot, asyncio.Task]:
     """Log a real `LcmBot` in to the fake and wait until it is ready; the task runs its gateway connection."""
-    bot = LcmBot(settings, engine)
+    bot = LcmBot(settings, usage, engine)
     await bot.login("fake-token")
     fake.identified.clear()
     task = asyncio.create_task(bot.connect())
@@ -63,7 +67,16 @@ async def connect_bot(fake: FakeDiscord, settings: Settings, engine: Engine) -> 
 
 
 @pytest.fixture
-async def start_bot(fake: FakeDiscord, settings: Settings, pipes: Pipelines) -> AsyncIterator[BotStarter]:
+async def usage(tmp_path) -> AsyncIterator[UsageLog]:
+    """The usage log in a fresh database file, shared by every bot a test starts (as across a restart)."""
+    async with open_database(tmp_path / "bot.sqlite3") as database:
+        yield UsageLog(database)
+
+
+@pytest.fixture
+async def start_bot(
+    fake: FakeDiscord, settings: Settings, pipes: Pipelines, usage: UsageLog
+) -> AsyncIterator[BotStarter]:
     """Start bots against the fake; each is closed at the end of the test (a test may restart its bot)."""
     running: list[tuple[LcmBot, asyncio.Task]] = []
 
@@ -71,7 +84,7 @@ async def start_bot(fake: FakeDiscord, settings: Settings, pipes: Pipelines) -> 
         bot_settings = settings.model_copy(
             update={"dev_guild_id": fake.guild_id, "discord_token": SecretStr("fake-token"), **overrides}
         )
-        bot, task = await connect_bot(fake, bot_settings, make_engine(pipes, bot_settings, runner))
+        bot, task = await connect_bot(fake, bot_settings, usage, make_engine(pipes, bot_settings, runner))
         running.append((bot, task))
         return bot
 
