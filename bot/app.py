@@ -21,11 +21,12 @@ from bot.settings import Settings
 from bot.storage import StorageUnavailable, open_database
 from bot.storage.usage import UsageLog
 from bot.tree import BotTree
+from cogs.usage import RunAgainButton
 from cogs.utils.buttons import DYNAMIC_ITEMS
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.generate",)
+EXTENSIONS = ("cogs.generate", "cogs.usage")
 SHUTDOWN_GRACE = 30.0  # seconds for the running batch and deliveries to finish on SIGTERM
 
 
@@ -65,7 +66,7 @@ class LcmBot(commands.AutoShardedBot):
                 await self.load_extension(extension)
             except Exception:
                 log.exception("failed to load extension %s; continuing without it", extension)
-        self.add_dynamic_items(*DYNAMIC_ITEMS)
+        self.add_dynamic_items(*DYNAMIC_ITEMS, RunAgainButton)
         if self.settings.dev_guild_id is not None:
             guild = discord.Object(id=self.settings.dev_guild_id)
             self.tree.copy_global_to(guild=guild)

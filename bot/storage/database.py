@@ -51,7 +51,7 @@ async def migrate(connection: aiosqlite.Connection, *, target: int | None = None
     if version > latest:
         raise StorageUnavailable(f"the database is from a newer lcm-bot (schema {version}, this one knows {latest})")
     for number, path in known:
-        if version < number <= (target or latest):
+        if version < number <= (latest if target is None else target):
             # executescript commits first; BEGIN/COMMIT make each migration all-or-nothing.
             await connection.executescript(f"BEGIN;\n{path.read_text()}\nPRAGMA user_version = {number};\nCOMMIT;")
             version = number

@@ -14,6 +14,8 @@ from bot.app import LcmBot, run_bot
 from bot.settings import Settings
 from tests.fakediscord import FakeDiscord
 
+COMMANDS = {"imagine", "remix", "inpaint", "history", "stats"}
+
 
 async def test_missing_token_is_one_line_and_exit_2(settings: Settings, capsys) -> None:
     assert await asyncio.to_thread(run_bot, settings.model_copy(update={"discord_token": None})) == 2
@@ -32,16 +34,25 @@ async def test_rejected_token_is_one_line_and_exit_1(fake: FakeDiscord, settings
     assert ("GET", "/gateway/bot") not in fake.requests  # stopped before loading weights or connecting
 
 
+async def test_unusable_database_is_one_line_and_exit_1(settings: Settings, tmp_path, capsys) -> None:
+    corrupt = tmp_path / "corrupt.sqlite3"
+    corrupt.write_bytes(b"not sqlite" * 500)
+    broken = settings.model_copy(update={"discord_token": SecretStr("token"), "database_path": corrupt})
+    assert await asyncio.to_thread(run_bot, broken) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("lcm-bot: DATABASE_PATH=") and error.count("\n") == 1
+
+
 async def test_sync_command_registers_globally_only_when_asked(fake: FakeDiscord, env_for) -> None:
     env_for(DISCORD_TOKEN="fake-token")
     assert await asyncio.to_thread(main, ["sync"]) == 0
-    assert {command["name"] for command in fake.commands[None]} == {"imagine", "remix", "inpaint"}
+    assert {command["name"] for command in fake.commands[None]} == COMMANDS
     assert fake.guild_id not in fake.commands
 
 
 async def test_start_syncs_to_the_dev_guild_only(fake: FakeDiscord, start_bot) -> None:
     await start_bot()
-    assert {command["name"] for command in fake.commands[fake.guild_id]} == {"imagine", "remix", "inpaint"}
+    assert {command["name"] for command in fake.commands[fake.guild_id]} == COMMANDS
     assert None not in fake.commands  # never a global sync at start
 
 
