@@ -16,15 +16,21 @@ async def test_migrates_an_empty_file_to_the_latest_schema_in_wal_mode(tmp_path:
             assert (await cursor.fetchone())[0] == "wal"
 
 
-@pytest.mark.parametrize("start", [number for number, _ in migrations()][:-1] or [0])
-async def test_migrates_from_every_earlier_version(tmp_path: Path, start: int) -> None:
+@pytest.mark.parametrize("start", [0, *(number for number, _ in migrations()[:-1])])
+async def test_migrates_from_every_earlier_version_keeping_rows(tmp_path: Path, start: int) -> None:
     path = tmp_path / "old.sqlite3"
     async with aiosqlite.connect(path) as connection:
         assert await migrate(connection, target=start) == start
+        if start >= 1:  # a file that was in use: one request already logged
+            await connection.execute(
+                "INSERT INTO requests (created_at, user_id, command, prompt, parameters, status)"
+                " VALUES (1.0, 5, 'imagine', 'kept', '{}', 'done')"
+            )
+            await connection.commit()
     async with open_database(path) as database:
         assert await database.schema_version() == migrations()[-1][0]
-        async with database.connection.execute("SELECT COUNT(*) FROM requests") as cursor:
-            assert (await cursor.fetchone())[0] == 0
+        async with database.connection.execute("SELECT prompt FROM requests") as cursor:
+            assert [row[0] for row in await cursor.fetchall()] == (["kept"] if start >= 1 else [])
 
 
 async def test_reopening_is_idempotent(tmp_path: Path) -> None:
