@@ -17,6 +17,7 @@ import discord
 from discord.ext import commands
 
 from bot.engine.service import Engine, open_engine
+from bot.limits import Budgets, Limits
 from bot.settings import Settings
 from bot.storage import StorageUnavailable, open_database
 from bot.storage.usage import UsageLog
@@ -48,6 +49,7 @@ class LcmBot(commands.AutoShardedBot):
         )
         self.settings = settings
         self.usage = usage
+        self.limits = Limits(usage, Budgets(settings.user_images_per_hour, settings.guild_images_per_hour))
         self._engine = engine
 
     @property

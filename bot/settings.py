@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     max_batch_images: int | None = Field(default=None, ge=1, le=64)
     queue_max: int = Field(default=200, ge=1)
     user_max_pending: int = Field(default=3, ge=1)
+    user_images_per_hour: int = Field(default=60, ge=0)
+    guild_images_per_hour: int = Field(default=0, ge=0)
+    limit_exempt_roles: list[int] = Field(default_factory=list)
     batch_timeout: float = Field(default=120.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -233,6 +233,10 @@ class GenerateCog(commands.Cog):
                 if attachment is not None:
                     check_attachment(attachment, what)
             executor.check_admission(interaction.user.id)
+            if not self._exempt_from_budgets(interaction):
+                await self.bot.limits.check(
+                    user_id=interaction.user.id, guild_id=interaction.guild_id, images=len(options.seeds)
+                )
         except UserFacingError as exc:
             await usage.rejected(exc)
             raise
@@ -258,6 +262,12 @@ class GenerateCog(commands.Cog):
         await usage.done(result)
         # 5. Replace the status message with the images (or post them to the channel)
         await self._deliver(interaction, request, result)
+
+    def _exempt_from_budgets(self, interaction: discord.Interaction) -> bool:
+        if interaction.permissions.administrator:
+            return True
+        roles = getattr(interaction.user, "roles", [])  # a Member in a server, a User in DMs
+        return any(role.id in self.bot.settings.limit_exempt_roles for role in roles)
 
     async def _wait_showing_progress(self, interaction: discord.Interaction, job: Job) -> JobResult:
         executor = self.bot.engine.executor

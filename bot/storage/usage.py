@@ -65,12 +65,15 @@ class UsageLog:
         reason: str | None = None,
         error: str | None = None,
         seeds: Sequence[int] = (),
+        image_count: int = 0,
     ) -> int:
+        """`image_count` of a queued request is what it asked for (it counts against budgets until it ends)."""
         now = time.time()
         finished = now if status is Status.REJECTED else None
         async with self._db.execute(
             "INSERT INTO requests (created_at, user_id, guild_id, channel_id, command, prompt, negative, parameters,"
-            " seeds, status, reason, error, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " seeds, image_count, status, reason, error, finished_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 now,
                 user_id,
@@ -81,6 +84,7 @@ class UsageLog:
                 negative,
                 json.dumps(dict(parameters)),
                 json.dumps(list(seeds)),
+                image_count,
                 status,
                 reason,
                 error,
@@ -108,6 +112,19 @@ class UsageLog:
             (status, image_count, queue_wait, generation_time, reason, error, time.time(), row_id),
         )
         await self._db.commit()
+
+    async def images_since(
+        self, since: float, *, user_id: int | None = None, guild_id: int | None = None
+    ) -> list[tuple[float, int]]:
+        """(time, images) of the requests of a user or a guild since `since` that count against a budget: the ones
+        made or still on their way (queued, running, done), oldest first."""
+        column, value = ("user_id", user_id) if user_id is not None else ("guild_id", guild_id)
+        async with self._db.execute(
+            f"SELECT created_at, image_count FROM requests WHERE {column} = ? AND created_at >= ?"
+            " AND status IN ('queued', 'running', 'done') AND image_count > 0 ORDER BY created_at",
+            (value, since),
+        ) as cursor:
+            return [(created_at, images) for created_at, images in await cursor.fetchall()]
 
     async def history(self, user_id: int, limit: int = 10) -> list[HistoryEntry]:
         async with self._db.execute(

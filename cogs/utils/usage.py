@@ -49,6 +49,7 @@ class UsageEntry:
             parameters=parameters,
             status=Status.QUEUED,
             seeds=request.seeds,
+            image_count=request.count,
         )
 
     async def ended(self, error: UserFacingError) -> None:

@@ -399,3 +399,32 @@ async def test_failed_job_is_reported_and_others_are_not_lost(fake: FakeDiscord,
     assert "error id" in await ephemeral_reply(fake, interactions[1])
     for interaction in (interactions[0], interactions[2]):
         assert len((await result(fake, interaction)).attachments) == 1
+
+
+# -- hourly budgets -----------------------------------------------------------------------------------------------
+
+
+async def test_hourly_budget_persists_across_a_restart_and_exempts_admins_and_roles(
+    fake: FakeDiscord, start_bot
+) -> None:
+    budget = {"user_images_per_hour": 3, "limit_exempt_roles": [fake.role_ids["supporter"]]}
+    first_bot = await start_bot(**budget)
+    user = fake.add_user("heavy")
+    await result(fake, await fake.run_command(user, "imagine", {"prompt": "two", "count": 2}))
+    refused = await fake.run_command(user, "imagine", {"prompt": "two more", "count": 2})
+    reply = await ephemeral_reply(fake, refused)
+    assert "used your 3 images for this hour" in reply and "<t:" in reply and ":R>" in reply
+    await first_bot.close()
+
+    await start_bot(**budget)
+    still_refused = await fake.run_command(user, "imagine", {"prompt": "after restart", "count": 2})
+    assert "used your 3 images" in await ephemeral_reply(fake, still_refused)
+    one_more = await fake.run_command(user, "imagine", {"prompt": "fits", "count": 1})
+    assert len((await result(fake, one_more)).attachments) == 1
+
+    admin = fake.add_user("admin", moderator=True)
+    supporter = fake.add_user("supporter", roles=("supporter",))
+    for exempt in (admin, supporter):
+        for index in range(2):
+            interaction = await fake.run_command(exempt, "imagine", {"prompt": f"exempt {index}", "count": 2})
+            assert len((await result(fake, interaction)).attachments) == 2

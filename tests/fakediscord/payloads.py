@@ -71,11 +71,11 @@ def dm_channel(channel_id: int, recipient: dict) -> dict:
     return {"id": str(channel_id), "type": 1, "recipients": [recipient], "last_message_id": None, "flags": 0}
 
 
-def guild(guild_id: int, owner_id: int, channels: list[dict], members: list[dict]) -> dict:
-    everyone = {
-        "id": str(guild_id),
-        "name": "@everyone",
-        "permissions": MEMBER_PERMISSIONS,
+def role(role_id: int, name: str, permissions: str = MEMBER_PERMISSIONS) -> dict:
+    return {
+        "id": str(role_id),
+        "name": name,
+        "permissions": permissions,
         "position": 0,
         "color": 0,
         "hoist": False,
@@ -83,6 +83,10 @@ def guild(guild_id: int, owner_id: int, channels: list[dict], members: list[dict
         "mentionable": False,
         "flags": 0,
     }
+
+
+def guild(guild_id: int, owner_id: int, channels: list[dict], members: list[dict]) -> dict:
+    everyone = role(guild_id, "@everyone")
     return {
         "id": str(guild_id),
         "name": "Test Server",

@@ -136,6 +136,8 @@ class FakeDiscord:
         self.channel_id = payloads.snowflake()
         self.users: dict[int, dict] = {int(self.owner["id"]): self.owner}
         self.moderators: set[int] = set()
+        self.role_ids = {"supporter": payloads.snowflake()}  # roles the guild has, by name
+        self.user_roles: dict[int, list[str]] = {}
         self.commands: dict[int | None, list[dict]] = {}  # guild id (None: global) -> registered commands
         self.interactions: dict[str, FakeInteraction] = {}
         self.messages: dict[int, FakeMessage] = {}
@@ -172,9 +174,10 @@ class FakeDiscord:
 
     # -- test helpers ----------------------------------------------------------------------------------------
 
-    def add_user(self, name: str, *, moderator: bool = False) -> int:
+    def add_user(self, name: str, *, moderator: bool = False, roles: tuple[str, ...] = ()) -> int:
         user_id = payloads.snowflake()
         self.users[user_id] = payloads.user(user_id, name)
+        self.user_roles[user_id] = [str(self.role_ids[role]) for role in roles]
         if moderator:
             self.moderators.add(user_id)
         return user_id
@@ -292,9 +295,9 @@ class FakeDiscord:
         await self._send(socket, "READY", ready)
         members = [payloads.member(self.bot_user, permissions=payloads.ALL_PERMISSIONS)]
         channel = payloads.text_channel(self.channel_id, self.guild_id, "images")
-        await self._send(
-            socket, "GUILD_CREATE", payloads.guild(self.guild_id, int(self.owner["id"]), [channel], members)
-        )
+        guild = payloads.guild(self.guild_id, int(self.owner["id"]), [channel], members)
+        guild["roles"] += [payloads.role(role_id, name) for name, role_id in self.role_ids.items()]
+        await self._send(socket, "GUILD_CREATE", guild)
         self.identified.set()
 
     async def _send(self, socket: web.WebSocketResponse, event: str, data: dict) -> None:
@@ -331,7 +334,7 @@ class FakeDiscord:
             body |= {
                 "guild_id": str(self.guild_id),
                 "guild_locale": "en-US",
-                "member": payloads.member(user, permissions=permissions),
+                "member": payloads.member(user, permissions=permissions, roles=self.user_roles.get(user_id, [])),
                 "channel": payloads.text_channel(self.channel_id, self.guild_id, "images"),
                 "context": 0,
                 "authorizing_integration_owners": {"0": str(self.guild_id)},
