@@ -31,7 +31,6 @@ from bot.app import LcmBot
 from bot.engine.service import load_engine
 from bot.settings import Settings
 from bot.storage import open_database
-from bot.storage.usage import UsageLog
 from tests.fakediscord import FakeDiscord, OpenApiSpec
 from tests.fakediscord.fixtures import connect_bot, make_engine
 from tests.support.tiny_model import build_tiny_model
@@ -72,7 +71,7 @@ async def measure(interactions: int, users: int) -> None:
         )
         pipes, _ = await asyncio.to_thread(load_engine, settings)  # as at a real start: load, warm up, freeze
         async with open_database(Path(folder) / "bench.sqlite3") as database:
-            bot, connection = await connect_bot(fake, settings, UsageLog(database), make_engine(pipes, settings))
+            bot, connection = await connect_bot(fake, settings, database, make_engine(pipes, settings))
             await run_burst(remote, bot, connection, interactions, users)
 
 

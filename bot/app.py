@@ -19,7 +19,8 @@ from discord.ext import commands
 from bot.engine.service import Engine, open_engine
 from bot.limits import Budgets, Limits
 from bot.settings import Settings
-from bot.storage import StorageUnavailable, open_database
+from bot.storage import Database, StorageUnavailable, open_database
+from bot.storage.jobs import PendingJobs
 from bot.storage.usage import UsageLog
 from bot.tree import BotTree
 from cogs.usage import RunAgainButton
@@ -39,7 +40,7 @@ class Drainable(Protocol):
 
 
 class LcmBot(commands.AutoShardedBot):
-    def __init__(self, settings: Settings, usage: UsageLog, engine: Engine | None = None) -> None:
+    def __init__(self, settings: Settings, database: Database, engine: Engine | None = None) -> None:
         super().__init__(
             # Mention prefix: no privileged message-content intent needed; the bot itself is slash-command only.
             command_prefix=commands.when_mentioned,
@@ -48,8 +49,9 @@ class LcmBot(commands.AutoShardedBot):
             help_command=None,
         )
         self.settings = settings
-        self.usage = usage
-        self.limits = Limits(usage, Budgets(settings.user_images_per_hour, settings.guild_images_per_hour))
+        self.usage = UsageLog(database)
+        self.pending = PendingJobs(database)
+        self.limits = Limits(self.usage, Budgets(settings.user_images_per_hour, settings.guild_images_per_hour))
         self._engine = engine
 
     @property
@@ -99,14 +101,14 @@ def run_bot(settings: Settings) -> int:
 async def _serve(settings: Settings) -> int:
     try:
         async with open_database(settings.database_path) as database:
-            return await _serve_with(settings, UsageLog(database))
+            return await _serve_with(settings, database)
     except StorageUnavailable as exc:
         print(f"lcm-bot: {exc}", file=sys.stderr)
         return 1
 
 
-async def _serve_with(settings: Settings, usage: UsageLog) -> int:
-    async with LcmBot(settings, usage) as bot:
+async def _serve_with(settings: Settings, database: Database) -> int:
+    async with LcmBot(settings, database) as bot:
         if not await _login(bot, settings):
             return 1
         async with open_engine(settings) as engine:
@@ -137,7 +139,7 @@ def sync_commands(settings: Settings, guild_id: int | None) -> int:
         return 2
 
     async def sync() -> int:
-        async with open_database(settings.database_path) as database, LcmBot(settings, UsageLog(database)) as bot:
+        async with open_database(settings.database_path) as database, LcmBot(settings, database) as bot:
             if not await _login(bot, settings):
                 return 1
             guild = discord.Object(id=guild_id) if guild_id else None

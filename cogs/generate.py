@@ -19,7 +19,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.engine.executor import Job, JobResult, JobState
-from bot.engine.images import decode_mask, fit_to_bucket, prepare_mask
+from bot.engine.images import decode_image, decode_mask, encode_png, fit_to_bucket, prepare_mask
 from bot.engine.requests import (
     ASPECTS_AT_1024,
     DEFAULT_GUIDANCE,
@@ -31,10 +31,11 @@ from bot.engine.requests import (
     check_options,
 )
 from bot.errors import InvalidImage, InvalidRequest, NotAllowed, UserFacingError
+from bot.storage.jobs import PendingJob
 from bot.tree import PUBLIC_DEFER, report_error, send_ephemeral
 from cogs.utils.attachments import check_attachment, read_bytes, read_image
 from cogs.utils.buttons import queued_view, result_view
-from cogs.utils.delivery import deliver, deliver_error, prepare_files
+from cogs.utils.delivery import ReplyTarget, deliver, deliver_error, prepare_files
 from cogs.utils.results import ResultState, build_embed, status_text
 from cogs.utils.usage import UsageEntry
 
@@ -70,6 +71,7 @@ class GenerateCog(commands.Cog):
     def __init__(self, bot: LcmBot) -> None:
         self.bot = bot
         self._flows: set[asyncio.Task] = set()
+        self._resumed = False
 
     async def drain(self, timeout: float) -> None:
         """Wait for generations in flight to be delivered (or reported), e.g. at shutdown."""
@@ -241,27 +243,25 @@ class GenerateCog(commands.Cog):
             await usage.rejected(exc)
             raise
         # 2. Acknowledge at once with a public "thinking" message, which becomes the result
-        await interaction.response.defer(thinking=True)
+        response = await interaction.response.defer(thinking=True)
         interaction.extras[PUBLIC_DEFER] = True
-        # 3. Build the request (attachments are downloaded and decoded here); record it, then queue it
+        target = ReplyTarget.live(interaction, response.message_id if response else None)
+        # 3. Build the request (attachments are downloaded and decoded here), write it down, then queue it
         try:
             request = await self._build_request(options, image, mask)
             await usage.queued(request)
+            await self._remember(usage, target, interaction.user.display_name, request)
             job = executor.submit(request, interaction.user.id)
         except UserFacingError as exc:
             await usage.rejected(exc)
             await send_ephemeral(interaction, exc.message)
             return
-        # 4. Show the queue position until the job ends
+        # 4. Show the queue position until the job ends, then hand over its outcome
         try:
-            result = await self._wait_showing_progress(interaction, job)
+            outcome: JobResult | UserFacingError = await self._wait_showing_progress(interaction, job)
         except UserFacingError as exc:
-            await usage.ended(exc)
-            await deliver_error(interaction, exc.message)
-            return
-        await usage.done(result)
-        # 5. Replace the status message with the images (or post them to the channel)
-        await self._deliver(interaction, request, result)
+            outcome = exc
+        await self._finish(target, usage, request, outcome, interaction.user.display_name, interaction.filesize_limit)
 
     def _exempt_from_budgets(self, interaction: discord.Interaction) -> bool:
         if interaction.permissions.administrator:
@@ -287,27 +287,112 @@ class GenerateCog(commands.Cog):
             except TimeoutError:
                 continue
 
-    async def _deliver(self, interaction: discord.Interaction, request: GenerationRequest, result: JobResult) -> None:
-        files, note = await prepare_files(result.images, interaction.filesize_limit)
-        content = "\n".join([*request.notices, *([note] if note else [])]) or None
-        view = result_view(request.kind, interaction.user.id, len(files))
+    async def _finish(
+        self,
+        target: ReplyTarget,
+        usage: UsageEntry,
+        request: GenerationRequest | None,
+        outcome: JobResult | UserFacingError,
+        requester_name: str,
+        upload_limit: int | None,
+    ) -> None:
+        """Deliver the images (or the error), then record the outcome and forget the job's token.
+
+        In that order: a crash in between makes the job run again after the restart, and its second delivery
+        replaces the same status message rather than adding one.
+        """
         try:
-            await deliver(
-                interaction,
-                content=content,
-                embed=build_embed(request, result, interaction.user),
-                view=view,
-                files=files,
-            )
+            if isinstance(outcome, UserFacingError) or request is None:
+                await deliver_error(target, str(outcome))
+            else:
+                files, note = await prepare_files(outcome.images, upload_limit)
+                await deliver(
+                    target,
+                    content="\n".join([*request.notices, *([note] if note else [])]) or None,
+                    embed=build_embed(request, outcome, requester_name),
+                    view=result_view(request.kind, target.user_id, len(files)),
+                    files=files,
+                )
         except discord.HTTPException as exc:
             # Missing permissions or a deleted channel: nothing more we can do for this job, and no other job
             # depends on it.
-            log.warning(
-                "could not deliver a result to user %s in channel %s: %s",
-                interaction.user.id,
-                interaction.channel_id,
-                exc,
+            log.warning("could not deliver to user %s in channel %s: %s", target.user_id, target.channel_id, exc)
+        if isinstance(outcome, UserFacingError):
+            await usage.ended(outcome)
+        else:
+            await usage.done(outcome)
+        await self.bot.pending.remove(usage.row)
+
+    async def _remember(
+        self, usage: UsageEntry, target: ReplyTarget, requester_name: str, request: GenerationRequest
+    ) -> None:
+        """Store what the job needs to run again after a crash: its token and its input images."""
+        init_image, mask = await asyncio.to_thread(
+            lambda: tuple(
+                None if image is None else encode_png(image, {}) for image in (request.init_image, request.mask)
             )
+        )
+        await self.bot.pending.add(
+            usage.row,
+            requester_name=requester_name,
+            application_id=target.application_id,
+            interaction_token=target.token,
+            interaction_created_at=target.created_at,
+            response_message_id=target.message_id,
+            init_image=init_image,
+            mask=mask,
+        )
+
+    # -- after a restart -------------------------------------------------------------------------------------
+
+    @commands.Cog.listener()
+    async def on_ready(self) -> None:
+        """Run again, once per process, the jobs that were queued or running when the last one stopped."""
+        if self._resumed:
+            return
+        self._resumed = True
+        for pending in await self.bot.pending.unfinished():
+            task = asyncio.create_task(self._resume(pending), name=f"resume-{pending.request_id}")
+            self._flows.add(task)
+            task.add_done_callback(self._flows.discard)
+
+    async def _resume(self, pending: PendingJob) -> None:
+        target = ReplyTarget(
+            client=self.bot,
+            user_id=pending.user_id,
+            channel_id=pending.channel_id or 0,
+            application_id=pending.application_id,
+            token=pending.interaction_token,
+            created_at=pending.interaction_created_at,
+            message_id=pending.response_message_id,
+        )
+        usage = UsageEntry.resumed(self.bot.usage, pending.request_id)
+        request = None
+        try:
+            request = await asyncio.to_thread(self._rebuild, pending)
+            job = self.bot.engine.executor.submit(request, pending.user_id)
+            outcome: JobResult | UserFacingError = await job.result()
+        except UserFacingError as exc:  # e.g. the settings changed so that it is no longer valid
+            outcome = exc
+        await self._finish(target, usage, request, outcome, pending.requester_name, None)
+
+    def _rebuild(self, pending: PendingJob) -> GenerationRequest:
+        parameters = pending.parameters
+        options = check_options(
+            Kind(pending.command),
+            pending.prompt,
+            buckets=self.bot.engine.buckets,
+            negative=pending.negative,
+            aspect=parameters.get("aspect") if pending.command == Kind.IMAGINE else None,
+            steps=parameters.get("steps"),
+            guidance=parameters.get("guidance"),
+            strength=parameters.get("strength"),
+            seed=pending.seeds[0],
+            count=len(pending.seeds),
+        )
+        images = [None if data is None else decode_image(data).image for data in (pending.init_image, pending.mask)]
+        mask = None if images[1] is None else images[1].convert("L")
+        return options.to_request(self.bot.engine.buckets, images[0], mask)
 
     # -- request builders ------------------------------------------------------------------------------------
 

@@ -8,9 +8,13 @@ each attempt because a `discord.File` can be sent only once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import discord
 
@@ -21,6 +25,7 @@ log = logging.getLogger(__name__)
 
 DEAD_TOKEN_CODES = {50027, 10015, 10062}  # invalid webhook token, unknown webhook, unknown interaction
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
+TOKEN_LIFETIME = 15 * 60 - 10  # seconds; a little margin for the request itself
 
 
 class SpecFile(discord.File):
@@ -46,47 +51,96 @@ def as_discord_files(files: Sequence[tuple[str, bytes]]) -> list[discord.File]:
     return [SpecFile(io.BytesIO(data), filename=name) for name, data in files]
 
 
+@dataclass
+class ReplyTarget:
+    """Where a job's outcome goes: its interaction (live, or rebuilt from the database after a restart) and,
+    once the token is dead, its channel."""
+
+    client: discord.Client
+    user_id: int
+    channel_id: int
+    application_id: int
+    token: str
+    created_at: float  # unix seconds
+    message_id: int | None  # the status message, when known
+    interaction: discord.Interaction | None = None  # present for live requests
+
+    @classmethod
+    def live(cls, interaction: discord.Interaction, message_id: int | None) -> ReplyTarget:
+        return cls(
+            client=interaction.client,
+            user_id=interaction.user.id,
+            channel_id=interaction.channel_id or 0,
+            application_id=interaction.application_id,
+            token=interaction.token,
+            created_at=interaction.created_at.timestamp(),
+            message_id=message_id,
+            interaction=interaction,
+        )
+
+    @property
+    def token_alive(self) -> bool:
+        return time.time() < self.created_at + TOKEN_LIFETIME
+
+    def _webhook(self) -> discord.Webhook:
+        return discord.Webhook.partial(self.application_id, self.token, client=self.client)
+
+    async def edit(self, **message: Any) -> None:
+        if self.interaction is not None:
+            await self.interaction.edit_original_response(**message)
+        elif self.message_id is not None:
+            await self._webhook().edit_message(self.message_id, **message)
+        else:
+            await self._webhook().send(wait=True, **message)
+
+    async def ephemeral(self, text: str) -> None:
+        if self.interaction is not None:
+            await send_ephemeral(self.interaction, text)
+            return
+        if self.message_id is not None:
+            with contextlib.suppress(discord.NotFound):
+                await self._webhook().delete_message(self.message_id)
+        await self._webhook().send(text, ephemeral=True)
+
+    async def post_to_channel(self, content: str | None, **message: Any) -> None:
+        """A channel message that mentions the requester (and no one else), for when the token is dead."""
+        channel = self.client.get_partial_messageable(self.channel_id)
+        await channel.send(
+            content=f"<@{self.user_id}> {content or ''}".strip(),
+            # Our content holds only this mention and our own notices (prompts live in the embed, which never
+            # pings), so "users" can be allowed by type; listing ids would send them as integers, not strings.
+            allowed_mentions=discord.AllowedMentions(users=True, everyone=False, roles=False),
+            **message,
+        )
+
+
 async def deliver(
-    interaction: discord.Interaction,
+    target: ReplyTarget,
     *,
     content: str | None,
     embed: discord.Embed,
     view: discord.ui.View,
     files: Sequence[tuple[str, bytes]],
 ) -> None:
-    """Replace the interaction's status message with the result, or post it to the channel if that fails."""
-    if not interaction.is_expired():
+    """Replace the status message with the result, or post it to the channel if that is no longer possible."""
+    if target.token_alive:
         try:
-            await interaction.edit_original_response(
-                content=content, embed=embed, view=view, attachments=as_discord_files(files)
-            )
+            await target.edit(content=content, embed=embed, view=view, attachments=as_discord_files(files))
             return
         except discord.HTTPException as exc:
             if exc.code not in DEAD_TOKEN_CODES and exc.code != 10008:  # 10008: the status message was deleted
                 raise
-            log.info("interaction %s can no longer be edited (%s); posting to the channel", interaction.id, exc.code)
-    await post_to_channel(interaction, content, embed=embed, view=view, files=as_discord_files(files))
+            log.info("the interaction of user %s can no longer be edited (%s)", target.user_id, exc.code)
+    await target.post_to_channel(content, embed=embed, view=view, files=as_discord_files(files))
 
 
-async def deliver_error(interaction: discord.Interaction, message: str) -> None:
+async def deliver_error(target: ReplyTarget, message: str) -> None:
     """Tell the requester their job did not succeed: ephemerally while the token lives, else in the channel."""
-    if not interaction.is_expired():
+    if target.token_alive:
         try:
-            await send_ephemeral(interaction, message)
+            await target.ephemeral(message)
             return
         except discord.HTTPException as exc:
             if exc.code not in DEAD_TOKEN_CODES:
                 raise
-    await post_to_channel(interaction, message)
-
-
-async def post_to_channel(interaction: discord.Interaction, content: str | None, **message: object) -> None:
-    """A channel message that mentions the requester (and no one else), for when the token is dead."""
-    channel = interaction.client.get_partial_messageable(interaction.channel_id or 0)
-    await channel.send(
-        content=f"{interaction.user.mention} {content or ''}".strip(),
-        # Our content holds only this mention and our own notices (prompts live in the embed, which never pings),
-        # so "users" can be allowed by type; listing ids would send them as integers, not the API's strings.
-        allowed_mentions=discord.AllowedMentions(users=True, everyone=False, roles=False),
-        **message,
-    )
+    await target.post_to_channel(message)

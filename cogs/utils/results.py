@@ -47,7 +47,7 @@ class ResultState:
         )
 
 
-def build_embed(request: GenerationRequest, result: JobResult, requester: discord.abc.User) -> discord.Embed:
+def build_embed(request: GenerationRequest, result: JobResult, requester_name: str) -> discord.Embed:
     embed = discord.Embed(title=f"/{request.kind}", description=request.prompt, colour=COLOUR)
     embed.add_field(name="Seeds", value=" ".join(f"`{seed}`" for seed in result.seeds))
     ran = denoising_steps(request.steps, request.strength)
@@ -63,7 +63,7 @@ def build_embed(request: GenerationRequest, result: JobResult, requester: discor
         value=f"{result.generation_time:.1f} s generating, {result.queue_wait:.1f} s in queue",
         inline=False,
     )
-    embed.set_footer(text=f"Requested by {requester.display_name}")
+    embed.set_footer(text=f"Requested by {requester_name}")
     return embed
 
 

@@ -15,7 +15,7 @@ from bot.storage.usage import Status, UsageLog
 class UsageEntry:
     def __init__(self, log: UsageLog, interaction: discord.Interaction, kind: Kind, values: dict[str, Any]) -> None:
         self._log = log
-        self._row: int | None = None
+        self.row: int | None = None
         self._base = {
             "user_id": interaction.user.id,
             "guild_id": interaction.guild_id,
@@ -27,13 +27,20 @@ class UsageEntry:
         # As sent, for refusals; replaced by the validated values once the request is queued.
         self._raw = {key: value for key, value in values.items() if key not in ("prompt", "negative")}
 
+    @classmethod
+    def resumed(cls, log: UsageLog, row: int) -> UsageEntry:
+        """The entry of a job queued before a restart, to record how it ends."""
+        entry = cls.__new__(cls)
+        entry._log, entry.row = log, row
+        return entry
+
     async def rejected(self, error: UserFacingError) -> None:
-        if self._row is None:
-            self._row = await self._log.record(
+        if self.row is None:
+            self.row = await self._log.record(
                 **self._base, parameters=self._raw, status=Status.REJECTED, reason=error.code, error=error.message
             )
         else:
-            await self._log.finish(self._row, Status.REJECTED, reason=error.code, error=error.message)
+            await self._log.finish(self.row, Status.REJECTED, reason=error.code, error=error.message)
 
     async def queued(self, request: GenerationRequest) -> None:
         """Written before the job enters the queue."""
@@ -44,7 +51,7 @@ class UsageEntry:
             "strength": request.strength,
             "count": request.count,
         }
-        self._row = await self._log.record(
+        self.row = await self._log.record(
             **self._base | {"negative": request.negative},
             parameters=parameters,
             status=Status.QUEUED,
@@ -66,6 +73,6 @@ class UsageEntry:
         )
 
     def _require_row(self) -> int:
-        if self._row is None:
+        if self.row is None:
             raise RuntimeError("the request was never recorded as queued")
-        return self._row
+        return self.row

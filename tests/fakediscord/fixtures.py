@@ -17,8 +17,7 @@ from bot.engine.pipelines import Pipelines
 from bot.engine.requests import bucket_sizes
 from bot.engine.service import Engine
 from bot.settings import Settings
-from bot.storage import open_database
-from bot.storage.usage import UsageLog
+from bot.storage import Database, open_database
 from tests.fakediscord.server import FakeDiscord
 from tests.fakediscord.spec import OpenApiSpec
 
@@ -55,10 +54,10 @@ BotStarter = Callable[..., Awaitable[LcmBot]]
 
 
 async def connect_bot(
-    fake: FakeDiscord, settings: Settings, usage: UsageLog, engine: Engine
+    fake: FakeDiscord, settings: Settings, database: Database, engine: Engine
 ) -> tuple[LcmBot, asyncio.Task]:
     """Log a real `LcmBot` in to the fake and wait until it is ready; the task runs its gateway connection."""
-    bot = LcmBot(settings, usage, engine)
+    bot = LcmBot(settings, database, engine)
     await bot.login("fake-token")
     fake.identified.clear()
     task = asyncio.create_task(bot.connect())
@@ -67,15 +66,15 @@ async def connect_bot(
 
 
 @pytest.fixture
-async def usage(tmp_path) -> AsyncIterator[UsageLog]:
-    """The usage log in a fresh database file, shared by every bot a test starts (as across a restart)."""
-    async with open_database(tmp_path / "bot.sqlite3") as database:
-        yield UsageLog(database)
+async def database(tmp_path) -> AsyncIterator[Database]:
+    """A fresh database file, shared by every bot a test starts (as across a restart)."""
+    async with open_database(tmp_path / "bot.sqlite3") as opened:
+        yield opened
 
 
 @pytest.fixture
 async def start_bot(
-    fake: FakeDiscord, settings: Settings, pipes: Pipelines, usage: UsageLog
+    fake: FakeDiscord, settings: Settings, pipes: Pipelines, database: Database
 ) -> AsyncIterator[BotStarter]:
     """Start bots against the fake; each is closed at the end of the test (a test may restart its bot)."""
     running: list[tuple[LcmBot, asyncio.Task]] = []
@@ -84,7 +83,7 @@ async def start_bot(
         bot_settings = settings.model_copy(
             update={"dev_guild_id": fake.guild_id, "discord_token": SecretStr("fake-token"), **overrides}
         )
-        bot, task = await connect_bot(fake, bot_settings, usage, make_engine(pipes, bot_settings, runner))
+        bot, task = await connect_bot(fake, bot_settings, database, make_engine(pipes, bot_settings, runner))
         running.append((bot, task))
         return bot
 

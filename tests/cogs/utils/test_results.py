@@ -9,10 +9,6 @@ from bot.engine.requests import Kind, check_inputs
 from cogs.utils.results import ResultState, build_embed, status_text
 
 
-class Requester:
-    display_name = "alice"
-
-
 def job_result(seeds: tuple[int, ...]) -> JobResult:
     return JobResult(images=[b""] * len(seeds), seeds=seeds, queue_wait=1.25, generation_time=0.5, batch_images=2)
 
@@ -29,7 +25,7 @@ def test_embed_round_trips_to_the_state_buttons_need(buckets) -> None:
         steps=6,
         guidance=1.5,
     )
-    embed = build_embed(request, job_result(request.seeds), Requester())
+    embed = build_embed(request, job_result(request.seeds), "alice")
     state = ResultState.from_embed(discord.Embed.from_dict(embed.to_dict()))
     assert state == ResultState(Kind.IMAGINE, request.prompt, "blur", 6, 1.5, "9:16", (9, 10, 11))
     assert len(embed) <= 6000
@@ -38,9 +34,9 @@ def test_embed_round_trips_to_the_state_buttons_need(buckets) -> None:
 def test_remix_embed_shows_strength_and_steps_run(buckets) -> None:
     image = Image.new("RGB", buckets["1:1"])
     request = check_inputs(Kind.REMIX, "x", buckets=buckets, init_image=image, strength=0.3, steps=4)
-    fields = {field.name: field.value for field in build_embed(request, job_result(request.seeds), Requester()).fields}
+    fields = {field.name: field.value for field in build_embed(request, job_result(request.seeds), "alice").fields}
     assert fields["Strength"] == "0.3" and fields["Steps"] == "4 (1 run)"
-    assert ResultState.from_embed(build_embed(request, job_result(request.seeds), Requester())).steps == 4
+    assert ResultState.from_embed(build_embed(request, job_result(request.seeds), "alice")).steps == 4
 
 
 def test_foreign_embed_is_refused() -> None:

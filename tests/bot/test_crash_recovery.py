@@ -1,0 +1,81 @@
+"""Nothing lost: SIGKILL the bot process with jobs queued and running, start it again, each job arrives once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sqlite3
+import sys
+from pathlib import Path
+
+from tests.fakediscord import FakeDiscord, FakeInteraction
+from tests.support.tiny_model import TinyModel
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+JOBS = 6
+
+
+async def start_bot_process(fake: FakeDiscord, model: TinyModel, database: Path) -> asyncio.subprocess.Process:
+    environment = {
+        **os.environ,
+        "PYTHONPATH": str(REPOSITORY),
+        "FAKE_DISCORD_URL": fake.base_url,
+        "DISCORD_TOKEN": "fake-token",
+        "DEV_GUILD_ID": str(fake.guild_id),
+        "MODEL_BASE": str(model.base),
+        "MODEL_UNET": str(model.lcm_unet),
+        "BASE_RESOLUTION": "256",
+        "DEVICE": "cpu",
+        "DATABASE_PATH": str(database),
+        "MAX_BATCH_IMAGES": "1",
+        "USER_MAX_PENDING": str(JOBS),
+        "HF_HUB_OFFLINE": "1",
+        "LOG_LEVEL": "WARNING",
+    }
+    fake.identified.clear()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.support.bot_process", cwd=REPOSITORY, env=environment
+    )
+    await asyncio.wait_for(fake.identified.wait(), 120)
+    return process
+
+
+def delivered(interaction: FakeInteraction) -> int:
+    return sum(1 for message in interaction.messages() if message.attachments)
+
+
+async def test_sigkill_with_jobs_in_flight_then_restart_delivers_each_once(
+    fake: FakeDiscord, tiny_model: TinyModel, tmp_path: Path
+) -> None:
+    database = tmp_path / "bot.sqlite3"
+    first = await start_bot_process(fake, tiny_model, database)
+    try:
+        user = fake.add_user("patient")
+        interactions = [
+            await fake.run_command(user, "imagine", {"prompt": f"job {index}", "steps": 8}) for index in range(JOBS)
+        ]
+        await fake.wait_for(lambda: all(i.original is not None for i in interactions), timeout=60)
+        await fake.wait_for(lambda: delivered(interactions[0]) == 1, timeout=120)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        await first.wait()
+    unfinished = sum(1 for interaction in interactions if not delivered(interaction))
+    assert unfinished >= 2, "the kill came too late to test anything"
+
+    second = await start_bot_process(fake, tiny_model, database)
+    try:
+        await fake.wait_for(lambda: all(delivered(interaction) for interaction in interactions), timeout=180)
+        await asyncio.sleep(1)  # room for a duplicate to show up, if there were one
+    finally:
+        second.send_signal(signal.SIGTERM)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(second.wait(), 60)
+    assert [delivered(interaction) for interaction in interactions] == [1] * JOBS
+    assert not any(message.attachments for message in fake.channel_messages())
+    with contextlib.closing(sqlite3.connect(database)) as connection:
+        statuses = connection.execute("SELECT status FROM requests ORDER BY id").fetchall()
+        pending = connection.execute("SELECT COUNT(*) FROM pending_jobs").fetchone()[0]
+    assert statuses == [("done",)] * JOBS
+    assert pending == 0  # tokens and inputs are forgotten once delivered
