@@ -39,6 +39,8 @@ async def test_every_request_leaves_one_row_with_its_outcome(
     await ephemeral_reply(fake, queued)
     runner.gate.set()
     await result(fake, holder)
+    # A job is recorded as done just after its delivery.
+    await fake.wait_for(lambda: all(row[1] != "queued" for row in rows(tmp_path / "bot.sqlite3")))
 
     all_rows = rows(tmp_path / "bot.sqlite3")
     assert len(all_rows) == 6  # one per request, whatever became of it
@@ -70,10 +72,11 @@ async def test_history_lists_and_runs_again(fake: FakeDiscord, start_bot) -> Non
     assert "(16:9)" in {field["name"]: field["value"] for field in rerun.embeds[0]["fields"]}["Size"]
 
 
-async def test_stats_are_for_server_managers(fake: FakeDiscord, start_bot) -> None:
+async def test_stats_are_for_server_managers(fake: FakeDiscord, start_bot, tmp_path: Path) -> None:
     await start_bot()
     member, manager = fake.add_user("member"), fake.add_user("manager", moderator=True)
     await result(fake, await fake.run_command(member, "imagine", {"prompt": "counted", "count": 3}))
+    await fake.wait_for(lambda: rows(tmp_path / "bot.sqlite3")[0][1] == "done")
     refused = await fake.run_command(member, "stats")
     assert "manage this server" in await ephemeral_reply(fake, refused)
     shown = await fake.run_command(manager, "stats")
