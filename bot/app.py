@@ -17,9 +17,10 @@ import discord
 from discord.ext import commands
 
 from bot.engine.service import Engine, open_engine
-from bot.limits import Budgets, Limits
+from bot.limits import Limits
 from bot.settings import Settings
 from bot.storage import Database, StorageUnavailable, open_database
+from bot.storage.guilds import GuildSettingsStore
 from bot.storage.jobs import PendingJobs
 from bot.storage.usage import UsageLog
 from bot.tree import BotTree
@@ -28,7 +29,7 @@ from cogs.utils.buttons import DYNAMIC_ITEMS
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.generate", "cogs.usage")
+EXTENSIONS = ("cogs.generate", "cogs.usage", "cogs.guild_settings")
 SHUTDOWN_GRACE = 30.0  # seconds for the running batch and deliveries to finish on SIGTERM
 
 
@@ -51,7 +52,8 @@ class LcmBot(commands.AutoShardedBot):
         self.settings = settings
         self.usage = UsageLog(database)
         self.pending = PendingJobs(database)
-        self.limits = Limits(self.usage, Budgets(settings.user_images_per_hour, settings.guild_images_per_hour))
+        self.limits = Limits(self.usage)
+        self.guild_settings = GuildSettingsStore(database)
         self._engine = engine
 
     @property

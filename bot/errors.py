@@ -60,6 +60,12 @@ class GenerationFailed(UserFacingError):
     code = "generation_failed"
 
 
+class Refused(UserFacingError):
+    """This server's rules refuse the request (a channel where images are off, a blocked word)."""
+
+    code = "server_rules"
+
+
 class NotAllowed(UserFacingError):
     """The user may not do this (press someone else's Cancel, delete another member's image)."""
 

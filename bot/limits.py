@@ -29,19 +29,20 @@ class Budgets:
 
 
 class Limits:
-    def __init__(self, usage: UsageLog, budgets: Budgets) -> None:
+    def __init__(self, usage: UsageLog) -> None:
         self._usage = usage
-        self._budgets = budgets
 
-    async def check(self, *, user_id: int, guild_id: int | None, images: int, now: float | None = None) -> None:
+    async def check(
+        self, budgets: Budgets, *, user_id: int, guild_id: int | None, images: int, now: float | None = None
+    ) -> None:
         """Raise `OverBudget` when `images` more would exceed the user's or the guild's hourly budget."""
         now = time.time() if now is None else now
-        if self._budgets.user_images_per_hour:
+        if budgets.user_images_per_hour:
             spent = await self._usage.images_since(now - WINDOW, user_id=user_id)
-            _check(spent, images, self._budgets.user_images_per_hour, who="You have", whose="your")
-        if self._budgets.guild_images_per_hour and guild_id is not None:
+            _check(spent, images, budgets.user_images_per_hour, who="You have", whose="your")
+        if budgets.guild_images_per_hour and guild_id is not None:
             spent = await self._usage.images_since(now - WINDOW, guild_id=guild_id)
-            _check(spent, images, self._budgets.guild_images_per_hour, who="This server has", whose="its")
+            _check(spent, images, budgets.guild_images_per_hour, who="This server has", whose="its")
 
 
 def _check(spent: list[tuple[float, int]], wanted: int, budget: int, *, who: str, whose: str) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -30,7 +31,9 @@ from bot.engine.requests import (
     Kind,
     check_options,
 )
-from bot.errors import InvalidImage, InvalidRequest, NotAllowed, UserFacingError
+from bot.errors import InvalidImage, InvalidRequest, NotAllowed, Refused, UserFacingError
+from bot.limits import Budgets
+from bot.storage.guilds import GuildSettings
 from bot.storage.jobs import PendingJob
 from bot.tree import PUBLIC_DEFER, report_error, send_ephemeral
 from cogs.utils.attachments import check_attachment, read_bytes, read_image
@@ -65,6 +68,15 @@ def everywhere(command: app_commands.Command) -> app_commands.Command:
     """Usable in servers and in DMs with the bot."""
     command = app_commands.allowed_installs(guilds=True, users=False)(command)
     return app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)(command)
+
+
+@dataclass(frozen=True)
+class Presentation:
+    """How a result is shown: credited to whom, within which upload limit, blurred or not."""
+
+    requester_name: str
+    upload_limit: int | None
+    spoiler: bool
 
 
 class GenerateCog(commands.Cog):
@@ -228,16 +240,25 @@ class GenerateCog(commands.Cog):
     ) -> None:
         executor = self.bot.engine.executor
         usage = UsageEntry(self.bot.usage, interaction, kind, values)
-        # 1. Options, attachment metadata and the user's caps, before acknowledging: refusals stay ephemeral
+        rules = await self.bot.guild_settings.get(interaction.guild_id)
+        if kind is Kind.IMAGINE and values.get("count") is None:
+            values = values | {"count": rules.default_count}
+        # 1. Server rules, options, attachment metadata and the user's caps, before acknowledging: refusals
+        #    stay ephemeral
         try:
+            self._check_server_rules(interaction, rules, values)
             options = self.check(kind, **values)
             for attachment, what in ((image, "image"), (mask, "mask")):
                 if attachment is not None:
                     check_attachment(attachment, what)
             executor.check_admission(interaction.user.id)
             if not self._exempt_from_budgets(interaction):
+                budgets = Budgets(
+                    _first_set(rules.user_images_per_hour, self.bot.settings.user_images_per_hour),
+                    _first_set(rules.guild_images_per_hour, self.bot.settings.guild_images_per_hour),
+                )
                 await self.bot.limits.check(
-                    user_id=interaction.user.id, guild_id=interaction.guild_id, images=len(options.seeds)
+                    budgets, user_id=interaction.user.id, guild_id=interaction.guild_id, images=len(options.seeds)
                 )
         except UserFacingError as exc:
             await usage.rejected(exc)
@@ -261,7 +282,23 @@ class GenerateCog(commands.Cog):
             outcome: JobResult | UserFacingError = await self._wait_showing_progress(interaction, job)
         except UserFacingError as exc:
             outcome = exc
-        await self._finish(target, usage, request, outcome, interaction.user.display_name, interaction.filesize_limit)
+        presentation = Presentation(
+            requester_name=interaction.user.display_name,
+            upload_limit=interaction.filesize_limit,
+            spoiler=rules.spoilers_outside_nsfw and not _is_nsfw(interaction.channel),
+        )
+        await self._finish(target, usage, request, outcome, presentation)
+
+    def _check_server_rules(
+        self, interaction: discord.Interaction, rules: GuildSettings, values: dict[str, Any]
+    ) -> None:
+        if rules.allowed_channels and interaction.channel_id not in rules.allowed_channels:
+            channels = ", ".join(f"<#{channel}>" for channel in rules.allowed_channels)
+            raise Refused(f"Images are made in {channels} on this server, not here.")
+        for text in (values.get("prompt"), values.get("negative")):
+            term = rules.blocked_term(str(text or ""))
+            if term is not None:
+                raise Refused(f"This server does not allow “{term}” in prompts.")
 
     def _exempt_from_budgets(self, interaction: discord.Interaction) -> bool:
         if interaction.permissions.administrator:
@@ -293,8 +330,7 @@ class GenerateCog(commands.Cog):
         usage: UsageEntry,
         request: GenerationRequest | None,
         outcome: JobResult | UserFacingError,
-        requester_name: str,
-        upload_limit: int | None,
+        presentation: Presentation,
     ) -> None:
         """Deliver the images (or the error), then record the outcome and forget the job's token.
 
@@ -305,11 +341,13 @@ class GenerateCog(commands.Cog):
             if isinstance(outcome, UserFacingError) or request is None:
                 await deliver_error(target, str(outcome))
             else:
-                files, note = await prepare_files(outcome.images, upload_limit)
+                files, note = await prepare_files(
+                    outcome.images, presentation.upload_limit, spoiler=presentation.spoiler
+                )
                 await deliver(
                     target,
                     content="\n".join([*request.notices, *([note] if note else [])]) or None,
-                    embed=build_embed(request, outcome, requester_name),
+                    embed=build_embed(request, outcome, presentation.requester_name),
                     view=result_view(request.kind, target.user_id, len(files)),
                     files=files,
                 )
@@ -374,7 +412,10 @@ class GenerateCog(commands.Cog):
             outcome: JobResult | UserFacingError = await job.result()
         except UserFacingError as exc:  # e.g. the settings changed so that it is no longer valid
             outcome = exc
-        await self._finish(target, usage, request, outcome, pending.requester_name, None)
+        rules = await self.bot.guild_settings.get(pending.guild_id)
+        # The channel's NSFW flag is not stored: when the server wants spoilers, assume the safe side.
+        presentation = Presentation(pending.requester_name, upload_limit=None, spoiler=rules.spoilers_outside_nsfw)
+        await self._finish(target, usage, request, outcome, presentation)
 
     def _rebuild(self, pending: PendingJob) -> GenerationRequest:
         parameters = pending.parameters
@@ -449,6 +490,15 @@ def _result_state(interaction: discord.Interaction) -> ResultState:
         return ResultState.from_embed(message.embeds[0])  # type: ignore[union-attr]
     except (AttributeError, IndexError, KeyError, ValueError):
         raise InvalidRequest("That message holds no result to start from.") from None
+
+
+def _is_nsfw(channel: object) -> bool:
+    is_nsfw = getattr(channel, "is_nsfw", None)  # DMs and partial channels have no flag
+    return bool(is_nsfw()) if callable(is_nsfw) else False
+
+
+def _first_set(override: int | None, default: int) -> int:
+    return default if override is None else override
 
 
 async def setup(bot: LcmBot) -> None:

@@ -37,12 +37,15 @@ class SpecFile(discord.File):
         return payload
 
 
-async def prepare_files(pngs: Sequence[bytes], limit: int | None) -> tuple[list[tuple[str, bytes]], str | None]:
+async def prepare_files(
+    pngs: Sequence[bytes], limit: int | None, *, spoiler: bool = False
+) -> tuple[list[tuple[str, bytes]], str | None]:
     """(filename, bytes) pairs within the upload limit, and a note when some had to become JPEG."""
     fitted = await asyncio.gather(
         *(asyncio.to_thread(fit_upload_limit, png, limit or DEFAULT_UPLOAD_LIMIT) for png in pngs)
     )
-    files = [(f"image-{index + 1}.{extension}", data) for index, (extension, data) in enumerate(fitted)]
+    prefix = "SPOILER_" if spoiler else ""  # Discord blurs attachments named so until clicked
+    files = [(f"{prefix}image-{index + 1}.{extension}", data) for index, (extension, data) in enumerate(fitted)]
     converted = any(extension != "png" for extension, _ in fitted)
     return files, "Sent as JPEG to fit this server's upload limit." if converted else None
 

@@ -134,6 +134,7 @@ class FakeDiscord:
         self.owner = payloads.user(payloads.snowflake(), "owner")
         self.guild_id = payloads.snowflake()
         self.channel_id = payloads.snowflake()
+        self.other_channel_id = payloads.snowflake()  # a second text channel, for per-channel rules
         self.users: dict[int, dict] = {int(self.owner["id"]): self.owner}
         self.moderators: set[int] = set()
         self.role_ids = {"supporter": payloads.snowflake()}  # roles the guild has, by name
@@ -200,21 +201,35 @@ class FakeDiscord:
     async def run_command(
         self, user_id: int, name: str, options: dict[str, object] | None = None, *, dm: bool = False
     ) -> FakeInteraction:
-        """Dispatch an APPLICATION_COMMAND interaction built from the command the bot registered."""
-        command = self.registered(name, None if dm else self.guild_id)
-        declared = {option["name"]: option for option in command.get("options", [])}
-        data_options, attachments = [], {}
+        """Dispatch an APPLICATION_COMMAND interaction built from the command the bot registered.
+
+        `name` may be "group subcommand", as typed in Discord.
+        """
+        top, _, subcommand = name.partition(" ")
+        command = self.registered(top, None if dm else self.guild_id)
+        declared_options = command.get("options", [])
+        if subcommand:
+            [sub] = [option for option in declared_options if option["name"] == subcommand and option["type"] == 1]
+            declared_options = sub.get("options", [])
+        declared = {option["name"]: option for option in declared_options}
+        data_options, attachments, channels = [], {}, {}
         for option_name, value in (options or {}).items():
             declared_option = declared[option_name]  # KeyError: the test used an option the bot did not register
             if declared_option["type"] == OPTION_TYPES["attachment"]:
                 attachments[value["id"]] = value
                 value = value["id"]
+            elif declared_option["type"] == OPTION_TYPES["channel"]:
+                channels[str(value)] = payloads.text_channel(value, self.guild_id, "channel") | {"permissions": "0"}
+                value = str(value)
             data_options.append({"name": option_name, "type": declared_option["type"], "value": value})
-        data: dict = {"id": command["id"], "name": name, "type": 1, "options": data_options}
+        if subcommand:
+            data_options = [{"name": subcommand, "type": 1, "options": data_options}]
+        data: dict = {"id": command["id"], "name": top, "type": 1, "options": data_options}
         if not dm:
             data["guild_id"] = str(self.guild_id)
-        if attachments:
-            data["resolved"] = {"attachments": attachments}
+        resolved = {"attachments": attachments, "channels": channels}
+        if any(resolved.values()):
+            data["resolved"] = {key: value for key, value in resolved.items() if value}
         return await self._interact(2, user_id, data, dm=dm)
 
     async def click(self, user_id: int, message: FakeMessage, custom_id: str) -> FakeInteraction:
@@ -295,7 +310,8 @@ class FakeDiscord:
         await self._send(socket, "READY", ready)
         members = [payloads.member(self.bot_user, permissions=payloads.ALL_PERMISSIONS)]
         channel = payloads.text_channel(self.channel_id, self.guild_id, "images")
-        guild = payloads.guild(self.guild_id, int(self.owner["id"]), [channel], members)
+        other = payloads.text_channel(self.other_channel_id, self.guild_id, "other")
+        guild = payloads.guild(self.guild_id, int(self.owner["id"]), [channel, other], members)
         guild["roles"] += [payloads.role(role_id, name) for name, role_id in self.role_ids.items()]
         await self._send(socket, "GUILD_CREATE", guild)
         self.identified.set()
