@@ -22,14 +22,16 @@ from bot.settings import Settings
 from bot.storage import Database, StorageUnavailable, open_database
 from bot.storage.guilds import GuildSettingsStore
 from bot.storage.jobs import PendingJobs
+from bot.storage.prompts import SharedPrompts
 from bot.storage.usage import UsageLog
 from bot.tree import BotTree
+from cogs.prompts import PROMPT_ITEMS
 from cogs.usage import RunAgainButton
 from cogs.utils.buttons import DYNAMIC_ITEMS
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.generate", "cogs.usage", "cogs.guild_settings")
+EXTENSIONS = ("cogs.generate", "cogs.usage", "cogs.guild_settings", "cogs.prompts")
 SHUTDOWN_GRACE = 30.0  # seconds for the running batch and deliveries to finish on SIGTERM
 
 
@@ -54,6 +56,7 @@ class LcmBot(commands.AutoShardedBot):
         self.pending = PendingJobs(database)
         self.limits = Limits(self.usage)
         self.guild_settings = GuildSettingsStore(database)
+        self.prompts = SharedPrompts(database)
         self._engine = engine
 
     @property
@@ -72,7 +75,7 @@ class LcmBot(commands.AutoShardedBot):
                 await self.load_extension(extension)
             except Exception:
                 log.exception("failed to load extension %s; continuing without it", extension)
-        self.add_dynamic_items(*DYNAMIC_ITEMS, RunAgainButton)
+        self.add_dynamic_items(*DYNAMIC_ITEMS, RunAgainButton, *PROMPT_ITEMS)
         if self.settings.dev_guild_id is not None:
             guild = discord.Object(id=self.settings.dev_guild_id)
             self.tree.copy_global_to(guild=guild)

@@ -77,6 +77,8 @@ class Presentation:
     requester_name: str
     upload_limit: int | None
     spoiler: bool
+    shareable: bool  # results in servers can be shared with the server's gallery
+    notes: tuple[str, ...] = ()  # extra lines above the images, such as who shared the prompt
 
 
 class GenerateCog(commands.Cog):
@@ -220,13 +222,17 @@ class GenerateCog(commands.Cog):
         *,
         image: discord.Attachment | None = None,
         mask: discord.Attachment | None = None,
+        note: str | None = None,
     ) -> None:
-        """Check, acknowledge, queue, show progress, deliver; every outcome is written to the usage log."""
+        """Check, acknowledge, queue, show progress, deliver; every outcome is written to the usage log.
+
+        `note` is a line shown above the result (who shared the prompt, say).
+        """
         task = asyncio.current_task()
         assert task is not None
         self._flows.add(task)
         try:
-            await self._run_job(interaction, kind, values, image, mask)
+            await self._run_job(interaction, kind, values, image, mask, note)
         finally:
             self._flows.discard(task)
 
@@ -237,6 +243,7 @@ class GenerateCog(commands.Cog):
         values: dict[str, Any],
         image: discord.Attachment | None,
         mask: discord.Attachment | None,
+        note: str | None,
     ) -> None:
         executor = self.bot.engine.executor
         usage = UsageEntry(self.bot.usage, interaction, kind, values)
@@ -286,6 +293,8 @@ class GenerateCog(commands.Cog):
             requester_name=interaction.user.display_name,
             upload_limit=interaction.filesize_limit,
             spoiler=rules.spoilers_outside_nsfw and not _is_nsfw(interaction.channel),
+            shareable=interaction.guild_id is not None,
+            notes=(note,) if note else (),
         )
         await self._finish(target, usage, request, outcome, presentation)
 
@@ -346,9 +355,9 @@ class GenerateCog(commands.Cog):
                 )
                 await deliver(
                     target,
-                    content="\n".join([*request.notices, *([note] if note else [])]) or None,
+                    content="\n".join([*request.notices, *presentation.notes, *([note] if note else [])]) or None,
                     embed=build_embed(request, outcome, presentation.requester_name),
-                    view=result_view(request.kind, target.user_id, len(files)),
+                    view=result_view(request.kind, target.user_id, len(files), shareable=presentation.shareable),
                     files=files,
                 )
         except discord.HTTPException as exc:
@@ -414,7 +423,12 @@ class GenerateCog(commands.Cog):
             outcome = exc
         rules = await self.bot.guild_settings.get(pending.guild_id)
         # The channel's NSFW flag is not stored: when the server wants spoilers, assume the safe side.
-        presentation = Presentation(pending.requester_name, upload_limit=None, spoiler=rules.spoilers_outside_nsfw)
+        presentation = Presentation(
+            pending.requester_name,
+            upload_limit=None,
+            spoiler=rules.spoilers_outside_nsfw,
+            shareable=pending.guild_id is not None,
+        )
         await self._finish(target, usage, request, outcome, presentation)
 
     def _rebuild(self, pending: PendingJob) -> GenerationRequest:

@@ -92,6 +92,12 @@ class GuildSettingsCog(commands.GroupCog, group_name="settings", group_descripti
             terms = [existing for existing in terms if existing.lower() != remove.strip().lower()]
         await self._update(interaction, blocklist=tuple(terms))
 
+    @app_commands.command(name="gallery")
+    @app_commands.describe(channel="Where shared prompts are posted (leave empty to stop posting)")
+    async def gallery(self, interaction: discord.Interaction, channel: discord.TextChannel | None = None) -> None:
+        """The channel where members' shared prompts are posted."""
+        await self._update(interaction, gallery_channel=None if channel is None else channel.id)
+
     @app_commands.command(name="spoilers")
     @app_commands.describe(enabled="Blur results posted in channels that are not age-restricted")
     async def spoilers(self, interaction: discord.Interaction, enabled: bool) -> None:
@@ -121,6 +127,8 @@ def settings_embed(settings: GuildSettings, bot: LcmBot) -> discord.Embed:
     embed.add_field(
         name="Spoilers outside age-restricted channels", value="on" if settings.spoilers_outside_nsfw else "off"
     )
+    gallery = f"<#{settings.gallery_channel}>" if settings.gallery_channel else "none"
+    embed.add_field(name="Gallery", value=gallery)
     return embed
 
 

@@ -26,6 +26,7 @@ MASK_THRESHOLD = 128
 MASK_ASPECT_TOLERANCE = 0.02
 PNG_COMPRESS_LEVEL = 3  # level 6 (Pillow's default) costs ~3x the CPU for ~5 % smaller files
 JPEG_FALLBACK_QUALITIES = (90, 75, 60, 40)
+THUMBNAIL_SIDE = 256
 
 
 @dataclass
@@ -144,3 +145,13 @@ def fit_upload_limit(png: bytes, limit: int) -> tuple[str, bytes]:
         if buffer.tell() <= limit:
             return "jpg", buffer.getvalue()
     raise InvalidImage("The image is too large for this server's upload limit even as a JPEG.")
+
+
+def thumbnail_jpeg(data: bytes, side: int = THUMBNAIL_SIDE) -> bytes:
+    """A small JPEG of an image we generated, kept for galleries after Discord's attachment URLs expire."""
+    with Image.open(io.BytesIO(data)) as image:
+        small = image.convert("RGB")
+    small.thumbnail((side, side), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    small.save(buffer, format="JPEG", quality=82)
+    return buffer.getvalue()

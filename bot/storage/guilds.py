@@ -18,6 +18,7 @@ class GuildSettings:
     allowed_channels: tuple[int, ...] = ()  # empty: every channel
     blocklist: tuple[str, ...] = ()  # words or phrases; `*` matches any letters
     spoilers_outside_nsfw: bool = False
+    gallery_channel: int | None = None  # where shared prompts are posted
 
     def blocked_term(self, text: str) -> str | None:
         """The first blocklist entry found in `text` as a whole word or phrase, ignoring case."""

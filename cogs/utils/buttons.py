@@ -127,18 +127,35 @@ class CancelButton(
         await _cog(interaction).cancel(interaction, self.author_id, self.job_id)
 
 
-DYNAMIC_ITEMS = (RerollButton, VariationButton, RemixButton, DeleteButton, CancelButton)
+class ShareButton(discord.ui.DynamicItem[discord.ui.Button], template=r"lcm:share"):
+    def __init__(self) -> None:
+        super().__init__(discord.ui.Button(label="Share", emoji="📣", custom_id="lcm:share"))
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item, match: re.Match
+    ) -> ShareButton:
+        return cls()
+
+    @guarded
+    async def callback(self, interaction: discord.Interaction) -> None:
+        await interaction.client.get_cog("PromptsCog").share(interaction)  # type: ignore[union-attr]
 
 
-def result_view(kind: Kind, author_id: int, image_count: int) -> discord.ui.View:
+DYNAMIC_ITEMS = (RerollButton, VariationButton, RemixButton, ShareButton, DeleteButton, CancelButton)
+
+
+def result_view(kind: Kind, author_id: int, image_count: int, *, shareable: bool) -> discord.ui.View:
     """Buttons under a finished result: Reroll (text-to-image only: its inputs are all in the embed),
-    a variation per image, Remix with a new prompt, Delete."""
+    a variation per image, Remix with a new prompt, Share (in servers), Delete."""
     view = discord.ui.View(timeout=None)
     for index in range(min(image_count, MAX_VARIATION_BUTTONS)):
         view.add_item(VariationButton(index))
     if kind is Kind.IMAGINE:
         view.add_item(RerollButton())
     view.add_item(RemixButton())
+    if shareable and kind is Kind.IMAGINE:
+        view.add_item(ShareButton())
     view.add_item(DeleteButton(author_id))
     return view
 

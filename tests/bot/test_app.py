@@ -14,7 +14,7 @@ from bot.app import LcmBot, run_bot
 from bot.settings import Settings
 from tests.fakediscord import FakeDiscord
 
-COMMANDS = {"imagine", "remix", "inpaint", "history", "stats", "settings"}
+COMMANDS = {"imagine", "remix", "inpaint", "history", "stats", "settings", "prompts"}
 
 
 async def test_missing_token_is_one_line_and_exit_2(settings: Settings, capsys) -> None:

@@ -561,7 +561,7 @@ class FakeDiscord:
         return message.payload()
 
     def _create(self, channel_id: int, body: dict, files) -> FakeMessage:
-        if channel_id != self.channel_id and channel_id - 1 not in self.users:
+        if channel_id not in (self.channel_id, self.other_channel_id) and channel_id - 1 not in self.users:
             raise DiscordError(404, 10003, "Unknown Channel")
         message = self._new_message(channel_id, 0, None)
         self._apply(message, body, files)
