@@ -109,6 +109,7 @@ async def test_imagine_delivers_pngs_with_an_embed_and_buttons(fake: FakeDiscord
         "lcm:variation:1",
         "lcm:reroll",
         "lcm:remix",
+        "lcm:share",
         f"lcm:delete:{alice}",
     ]
     assert not message.ephemeral and interaction.ack_latency < 1.0
