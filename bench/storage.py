@@ -1,6 +1,7 @@
-"""Usage-log queries on a large database: 100,000 rows, then /stats and /history timed.
+"""The database under load: 100,000 usage rows and 20,000 shared prompts, then /stats, /history and
+/prompts browse timed.
 
-    .venv/bin/python -m bench.storage [--rows 100000]
+    .venv/bin/python -m bench.storage [--rows 100000] [--shared 20000]
 
 Rows spread over 30 days, 20 guilds and 2,000 users, like a busy shared bot; the guild and user asked about
 are typical ones. Each query is run 20 times and the median and worst are printed.
@@ -19,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from bot.storage import open_database
+from bot.storage.prompts import SharedPrompts, Sort
 from bot.storage.usage import Status, UsageLog
 
 GUILDS = 20
@@ -59,6 +61,28 @@ async def fill(log_connection, rows: int) -> None:
     await log_connection.commit()
 
 
+async def fill_shared(connection, count: int) -> None:
+    rng = random.Random(2)
+    now = time.time()
+    words = ["fox", "owl", "castle", "harbour", "neon", "forest", "dragon", "lantern", "storm", "garden"]
+    await connection.executemany(
+        "INSERT INTO shared_prompts (guild_id, author_id, author_name, created_at, prompt, parameters, seed,"
+        " thumbnail, likes) VALUES (?, ?, 'member', ?, ?, '{}', 1, ?, ?)",
+        [
+            (
+                rng.randrange(GUILDS),
+                rng.randrange(USERS),
+                now - rng.random() * DAYS * 86400,
+                " ".join(rng.choice(words) for _ in range(6)),
+                b"\xff" * 8000,  # a thumbnail's size
+                rng.randrange(50),
+            )
+            for _ in range(count)
+        ],
+    )
+    await connection.commit()
+
+
 async def timed(query: Callable[[], Awaitable[object]]) -> tuple[float, float]:
     times = []
     for _ in range(REPEATS):
@@ -68,19 +92,26 @@ async def timed(query: Callable[[], Awaitable[object]]) -> tuple[float, float]:
     return statistics.median(times), max(times)
 
 
-async def measure(rows: int) -> None:
+async def measure(rows: int, shared: int) -> None:
     with tempfile.TemporaryDirectory() as folder:
         async with open_database(Path(folder) / "bench.sqlite3") as database:
             log = UsageLog(database)
             start = time.perf_counter()
             await fill(database.connection, rows)
+            await fill_shared(database.connection, shared)
             filled = time.perf_counter() - start
+            prompts = SharedPrompts(database)
             results = {
                 "/stats (one guild, 7 days)": await timed(lambda: log.stats(7)),
                 "/history (one user, last 10)": await timed(lambda: log.history(42)),
+                "/prompts browse top, page 30": await timed(lambda: prompts.page(7, sort=Sort.TOP, offset=30)),
+                "/prompts browse new, page 30": await timed(lambda: prompts.page(7, sort=Sort.NEW, offset=30)),
+                "/prompts browse search": await timed(lambda: prompts.page(7, sort=Sort.TOP, offset=0, query="neon")),
+                "/prompts mine": await timed(lambda: prompts.page(7, sort=Sort.NEW, offset=0, author_id=42)),
                 "record + finish one request": await timed(lambda: _record_and_finish(log)),
             }
-    print(f"{rows} rows over {DAYS} days, {GUILDS} guilds, {USERS} users (inserted in {filled:.1f} s)")
+    print(f"{rows} usage rows and {shared} shared prompts over {DAYS} days, {GUILDS} guilds, {USERS} users")
+    print(f"(inserted in {filled:.1f} s)")
     print(f"| {'query':<30} | {'median ms':>9} | {'worst ms':>8} | target |")
     print(f"|{'-' * 32}|{'-' * 11}|{'-' * 10}|--------|")
     for name, (median, worst) in results.items():
@@ -104,7 +135,9 @@ async def _record_and_finish(log: UsageLog) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=100_000)
-    asyncio.run(measure(parser.parse_args().rows))
+    parser.add_argument("--shared", type=int, default=20_000)
+    args = parser.parse_args()
+    asyncio.run(measure(args.rows, args.shared))
 
 
 if __name__ == "__main__":

@@ -286,7 +286,7 @@ class GenerateCog(commands.Cog):
             return
         # 4. Show the queue position until the job ends, then hand over its outcome
         try:
-            outcome: JobResult | UserFacingError = await self._wait_showing_progress(interaction, job)
+            outcome: JobResult | UserFacingError = await self._wait_showing_progress(interaction, job, usage)
         except UserFacingError as exc:
             outcome = exc
         presentation = Presentation(
@@ -315,11 +315,13 @@ class GenerateCog(commands.Cog):
         roles = getattr(interaction.user, "roles", [])  # a Member in a server, a User in DMs
         return any(role.id in self.bot.settings.limit_exempt_roles for role in roles)
 
-    async def _wait_showing_progress(self, interaction: discord.Interaction, job: Job) -> JobResult:
+    async def _wait_showing_progress(self, interaction: discord.Interaction, job: Job, usage: UsageEntry) -> JobResult:
         executor = self.bot.engine.executor
         interval = STATUS_INTERVAL + random.uniform(0, STATUS_JITTER)
         shown = None
         while True:
+            if job.state is JobState.RUNNING:
+                await usage.running()  # seen at the next status update, so within a few seconds
             text = status_text(executor.position(job), executor.eta(job))
             if text != shown and not interaction.is_expired() and not job.future.done():
                 view = queued_view(interaction.user.id, job.id) if job.state is JobState.QUEUED else None

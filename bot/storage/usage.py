@@ -95,6 +95,10 @@ class UsageLog:
         await self._db.commit()
         return row_id
 
+    async def mark_running(self, row_id: int) -> None:
+        await self._db.execute("UPDATE requests SET status = 'running' WHERE id = ? AND status = 'queued'", (row_id,))
+        await self._db.commit()
+
     async def finish(
         self,
         row_id: int,

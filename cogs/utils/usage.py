@@ -16,6 +16,7 @@ class UsageEntry:
     def __init__(self, log: UsageLog, interaction: discord.Interaction, kind: Kind, values: dict[str, Any]) -> None:
         self._log = log
         self.row: int | None = None
+        self._running_recorded = False
         self._base = {
             "user_id": interaction.user.id,
             "guild_id": interaction.guild_id,
@@ -31,7 +32,7 @@ class UsageEntry:
     def resumed(cls, log: UsageLog, row: int) -> UsageEntry:
         """The entry of a job queued before a restart, to record how it ends."""
         entry = cls.__new__(cls)
-        entry._log, entry.row = log, row
+        entry._log, entry.row, entry._running_recorded = log, row, False
         return entry
 
     async def rejected(self, error: UserFacingError) -> None:
@@ -58,6 +59,11 @@ class UsageEntry:
             seeds=request.seeds,
             image_count=request.count,
         )
+
+    async def running(self) -> None:
+        if not self._running_recorded:
+            self._running_recorded = True
+            await self._log.mark_running(self._require_row())
 
     async def ended(self, error: UserFacingError) -> None:
         status = Status.CANCELLED if isinstance(error, JobCancelled) else Status.FAILED

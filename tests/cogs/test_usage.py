@@ -33,6 +33,8 @@ async def test_every_request_leaves_one_row_with_its_outcome(
     other = fake.add_user("other")
     holder = await fake.run_command(other, "imagine", {"prompt": "holds the gpu"})
     await fake.wait_for(runner.waiting.is_set)
+    # While the GPU works on it, the row says so (recorded at the next status update, within a few seconds).
+    await fake.wait_for(lambda: ("holds the gpu", "running") in [row[:2] for row in rows(tmp_path / "bot.sqlite3")])
     queued = await fake.run_command(user, "imagine", {"prompt": "cancelled"})
     await fake.wait_for(lambda: queued.original is not None and queued.original.custom_ids())
     await fake.click(user, queued.original, queued.original.custom_ids()[0])
