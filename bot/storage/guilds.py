@@ -35,12 +35,20 @@ def _term_pattern(term: str) -> re.Pattern[str]:
 
 
 class GuildSettingsStore:
+    """Read on every request before it is acknowledged, so kept in memory; this process is the only writer."""
+
     def __init__(self, database: Database) -> None:
         self._db = database.connection
+        self._cache: dict[int, GuildSettings] = {}
 
     async def get(self, guild_id: int | None) -> GuildSettings:
         if guild_id is None:
             return GuildSettings()
+        if guild_id not in self._cache:
+            self._cache[guild_id] = await self._load(guild_id)
+        return self._cache[guild_id]
+
+    async def _load(self, guild_id: int) -> GuildSettings:
         async with self._db.execute("SELECT settings FROM guild_settings WHERE guild_id = ?", (guild_id,)) as cursor:
             row = await cursor.fetchone()
         if row is None:
@@ -60,4 +68,5 @@ class GuildSettingsStore:
             (guild_id, json.dumps(dataclasses.asdict(updated))),
         )
         await self._db.commit()
+        self._cache[guild_id] = updated
         return updated
