@@ -31,7 +31,7 @@ from bot.engine.requests import (
     Kind,
     check_options,
 )
-from bot.errors import InvalidImage, InvalidRequest, NotAllowed, Refused, UserFacingError
+from bot.errors import InvalidImage, InvalidRequest, NotAllowed, Refused, ShuttingDown, UserFacingError
 from bot.limits import Budgets
 from bot.storage.guilds import GuildSettings
 from bot.storage.jobs import PendingJob
@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 STATUS_INTERVAL = 3.0  # at least this many seconds between edits of a queued message (Discord rate-limits edits)
 STATUS_JITTER = 1.0  # spread over this many more seconds, so a burst of jobs does not edit all at once
 VARIATION_STRENGTH = 0.6
+RESTART_NOTICE = "The bot is restarting; this request is saved and will be made as soon as it is back."
 ASPECT_CHOICES = [app_commands.Choice(name=name, value=name) for name in ASPECTS_AT_1024]
 Prompt = app_commands.Range[str, 1, PROMPT_MAX_CHARS]
 Steps = app_commands.Range[int, 1, 8]
@@ -282,6 +283,8 @@ class GenerateCog(commands.Cog):
             job = executor.submit(request, interaction.user.id)
         except UserFacingError as exc:
             await usage.rejected(exc)
+            if usage.row is not None:
+                await self.bot.pending.remove(usage.row)
             await send_ephemeral(interaction, exc.message)
             return
         # 4. Show the queue position until the job ends, then hand over its outcome
@@ -346,8 +349,14 @@ class GenerateCog(commands.Cog):
         """Deliver the images (or the error), then record the outcome and forget the job's token.
 
         In that order: a crash in between makes the job run again after the restart, and its second delivery
-        replaces the same status message rather than adding one.
+        replaces the same status message rather than adding one. A job stopped by a shutdown is left as it is
+        recorded, queued with its token, for the next start to run.
         """
+        if isinstance(outcome, ShuttingDown):
+            if target.token_alive:
+                with contextlib.suppress(discord.HTTPException):
+                    await target.edit(content=RESTART_NOTICE, view=None)
+            return
         try:
             if isinstance(outcome, UserFacingError) or request is None:
                 await deliver_error(target, str(outcome))

@@ -12,7 +12,8 @@ from bot import app
 from bot.__main__ import main
 from bot.app import LcmBot, run_bot
 from bot.settings import Settings
-from tests.fakediscord import FakeDiscord
+from tests.fakediscord import FakeDiscord, FakeInteraction
+from tests.support.runners import RecordingRunner
 
 COMMANDS = {"imagine", "remix", "inpaint", "history", "stats", "settings", "prompts"}
 
@@ -66,11 +67,24 @@ async def test_a_broken_cog_is_logged_and_the_rest_still_loads(
     assert bot.get_cog("GenerateCog") is not None
 
 
-async def test_close_lets_the_running_job_be_delivered(fake: FakeDiscord, start_bot) -> None:
-    bot: LcmBot = await start_bot()
-    interaction = await fake.run_command(fake.add_user("last"), "imagine", {"prompt": "just in time"})
-    await fake.wait_for(lambda: bot.engine.executor.pending_for(interaction.user_id) == 1)
-    await bot.close()
-    delivered = [message for message in interaction.messages() if message.attachments]
-    failed = [message for message in interaction.messages() if message.ephemeral]
-    assert delivered or failed, "the job neither delivered nor reported at shutdown"
+async def test_graceful_restart_finishes_the_running_job_and_keeps_the_queued_ones(
+    fake: FakeDiscord, start_bot, pipes
+) -> None:
+    runner = RecordingRunner(pipes)
+    runner.gate.clear()
+    bot: LcmBot = await start_bot(runner=runner, max_batch_images=1)
+    users = [fake.add_user(f"user{index}") for index in range(3)]
+    interactions = [await fake.run_command(user, "imagine", {"prompt": f"job {n}"}) for n, user in enumerate(users)]
+    await fake.wait_for(lambda: all(i.original is not None and i.original.content for i in interactions))
+    closing = asyncio.create_task(bot.close())  # SIGTERM does exactly this
+    await asyncio.sleep(0.2)
+    runner.gate.set()
+    await closing
+
+    def results(interaction: FakeInteraction) -> int:
+        return sum(1 for message in interaction.messages() if message.attachments)
+
+    assert [results(interaction) for interaction in interactions] == [1, 0, 0]  # the running one finished
+    assert all("this request is saved" in interaction.original.content for interaction in interactions[1:])
+    await start_bot()
+    await fake.wait_for(lambda: [results(interaction) for interaction in interactions] == [1, 1, 1])
