@@ -108,7 +108,7 @@ class PromptsCog(commands.GroupCog, group_name="prompts", group_description="Pro
         values = dict(prompt=shared.prompt, negative=shared.negative, aspect=parameters.get("aspect"))
         values |= dict(steps=parameters.get("steps"), guidance=parameters.get("guidance"))
         generate: GenerateCog = self.bot.get_cog("GenerateCog")  # type: ignore[assignment]
-        await generate.run_job(interaction, Kind.IMAGINE, values, note=f"Prompt shared by {shared.author_name}.")
+        await generate.flow.run_job(interaction, Kind.IMAGINE, values, note=f"Prompt shared by {shared.author_name}.")
 
     async def unshare(self, interaction: discord.Interaction, prompt_id: int) -> None:
         shared = await self._shared(interaction, prompt_id)

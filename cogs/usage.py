@@ -63,7 +63,7 @@ class UsageCog(commands.Cog):
         values |= dict(
             steps=parameters.get("steps"), guidance=parameters.get("guidance"), count=parameters.get("count")
         )
-        await generate.run_job(interaction, Kind.IMAGINE, values)
+        await generate.flow.run_job(interaction, Kind.IMAGINE, values)
 
 
 class RunAgainButton(discord.ui.DynamicItem[discord.ui.Button], template=r"lcm:again:(?P<entry>[0-9]+):(?P<n>[0-9]+)"):

@@ -17,7 +17,7 @@ async def test_unexpected_error_shows_an_error_id_and_logs_the_options(
 
     bot = await start_bot()
     # load_extension imports the cog module afresh, so patch the loaded cog, not an imported class.
-    monkeypatch.setattr(bot.get_cog("GenerateCog"), "check", broken_check)
+    monkeypatch.setattr(bot.get_cog("GenerateCog").flow, "check", broken_check)
     with caplog.at_level(logging.ERROR, logger="bot.tree"):
         interaction = await fake.run_command(fake.add_user("unlucky"), "imagine", {"prompt": "a secret fox"})
         await fake.wait_for(lambda: interaction.messages())

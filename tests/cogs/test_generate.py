@@ -367,7 +367,7 @@ async def test_forbidden_delivery_is_logged_and_the_next_job_runs(fake: FakeDisc
     await start_bot()
     blocked, fine = fake.add_user("blocked"), fake.add_user("fine")
     fake.fail("PATCH", r"/webhooks/\d+/token-\d+/messages/@original", 403, 50013, "Missing Permissions", times=100)
-    with caplog.at_level(logging.WARNING, logger="cogs.generate"):
+    with caplog.at_level(logging.WARNING, logger="cogs.utils.jobs"):
         first = await fake.run_command(blocked, "imagine", {"prompt": "nowhere to go"})
         await fake.wait_for(lambda: "could not deliver" in caplog.text)
     fake.failures.clear()
