@@ -56,7 +56,8 @@ async def test_sigkill_with_jobs_in_flight_then_restart_delivers_each_once(
         interactions = [
             await fake.run_command(user, "imagine", {"prompt": f"job {index}", "steps": 8}) for index in range(JOBS)
         ]
-        await fake.wait_for(lambda: all(i.original is not None for i in interactions), timeout=60)
+        # Every job written down and queued (its status shown) before the kill.
+        await fake.wait_for(lambda: all(i.original is not None and i.original.content for i in interactions), 60)
         await fake.wait_for(lambda: delivered(interactions[0]) == 1, timeout=120)
     finally:
         first.send_signal(signal.SIGKILL)
