@@ -123,7 +123,7 @@ class Executor:
         if not drain:
             for job in list(self._queue):
                 self._queue.remove(job.user_id, job)
-                self._settle(job, JobState.CANCELLED, ShuttingDown("The bot is restarting; please send it again."))
+                self._settle(job, JobState.CANCELLED, ShuttingDown("The bot stopped before this request ran."))
         self._wakeup.set()
         if self._serve_task is not None:
             try:
@@ -170,9 +170,6 @@ class Executor:
         return True
 
     # -- observing -------------------------------------------------------------------------------------------
-
-    def get(self, job_id: str) -> Job | None:
-        return self._jobs.get(job_id)
 
     def pending_for(self, user_id: Hashable) -> int:
         return self._queue.pending_for(user_id) + sum(1 for job in self._running if job.user_id == user_id)
