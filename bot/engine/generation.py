@@ -1,4 +1,5 @@
-"""Run one batch of compatible requests through the pipeline. Called on the GPU worker thread only.
+"""Run one batch of compatible requests through the pipeline, on the GPU worker thread (and, to warm up the
+compiled models, on their compile thread).
 
 A batch is flattened to one prompt and one seeded generator per image, so each image's noise comes from its
 own seed whatever else shares the batch: a seed reproduces its image alone or batched. Generators live on the
@@ -13,6 +14,7 @@ import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
 
+from bot.engine.compiled import BatchShape
 from bot.engine.pipelines import Pipelines
 from bot.engine.requests import GenerationRequest, Kind, scheduled_steps
 from bot.engine.vae import NonFiniteOutput
@@ -34,27 +36,39 @@ def generate(
     if any(request.batch_key != first.batch_key for request in requests):
         raise ValueError("`requests` must share one batch_key")
 
-    # 2. One seeded generator per image
-    generators = [torch.Generator("cpu").manual_seed(seed) for request in requests for seed in request.seeds]
-
-    # 3. Denoise (stopping between steps when asked) and decode
+    # 2. Render on the compiled twins when they cover this shape, else on the eager models
+    shape = BatchShape(images=sum(request.count for request in requests), width=first.width, height=first.height)
     try:
-        latents = _denoise(pipes, requests, generators, should_stop)
-        if should_stop():
-            raise GenerationInterrupted("stopped before the last step")
-        images = pipes.codec.decode(latents)
+        images = None
+        if pipes.compiled is not None:
+            images = pipes.compiled.serve(shape, lambda twins: render(twins, requests, should_stop))
+        if images is None:
+            images = render(pipes, requests, should_stop)
     except torch.cuda.OutOfMemoryError:
         torch.cuda.empty_cache()
         raise GenerationFailed("The GPU ran out of memory on this request. Try a smaller `count`.") from None
     except NonFiniteOutput:
         raise GenerationFailed("The image came out broken (a numerical overflow). Try another seed.") from None
 
-    # 4. Hand each request its images
+    # 3. Hand each request its images
     results, offset = [], 0
     for request in requests:
         results.append(images[offset : offset + request.count])
         offset += request.count
     return results
+
+
+def render(
+    pipes: Pipelines,
+    requests: Sequence[GenerationRequest],
+    should_stop: Callable[[], bool] = lambda: False,
+) -> list[Image.Image]:
+    """Denoise and decode one batch on `pipes`, one seeded generator per image."""
+    generators = [torch.Generator("cpu").manual_seed(seed) for request in requests for seed in request.seeds]
+    latents = _denoise(pipes, requests, generators, should_stop)
+    if should_stop():
+        raise GenerationInterrupted("stopped before the last step")
+    return pipes.codec.decode(latents)
 
 
 def _denoise(
@@ -65,6 +79,7 @@ def _denoise(
 ) -> torch.Tensor:
     """Latents for every image of the batch, from one call of the task's pipeline."""
     first = requests[0]
+    pipe = pipes.for_kind(first.kind)
     task_inputs: dict[str, object] = {}
     if first.kind is not Kind.IMAGINE:
         # Starting latents come from our codec (see bot.engine.vae); diffusers takes 4-channel input as latents.
@@ -72,15 +87,20 @@ def _denoise(
         task_inputs["strength"] = first.strength
     if first.kind is Kind.INPAINT:
         task_inputs["mask_image"] = [request.mask for request in requests]
+    embeddings = pipes.embeddings.pipeline_inputs(
+        pipe,
+        [request.prompt for request in requests for _ in request.seeds],
+        [request.negative or "" for request in requests for _ in request.seeds],
+        with_negative=pipes.negative_has_effect(first.guidance),
+    )
 
     def on_step_end(pipe: DiffusionPipeline, step: int, timestep: object, tensors: dict) -> dict:
         if should_stop():
             pipe._interrupt = True  # diffusers skips the remaining steps
         return tensors
 
-    return pipes.for_kind(first.kind)(
-        prompt=[request.prompt for request in requests for _ in request.seeds],
-        negative_prompt=[request.negative or "" for request in requests for _ in request.seeds],
+    return pipe(
+        **embeddings,
         num_inference_steps=scheduled_steps(first.steps, first.strength),
         guidance_scale=first.guidance,
         width=first.width,

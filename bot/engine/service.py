@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
+from bot.engine.compiled import CompiledTwins, use_compile_cache
 from bot.engine.executor import Executor
-from bot.engine.generation import generate, warm_up
+from bot.engine.generation import generate, render, warm_up
 from bot.engine.pipelines import Pipelines, load_pipelines
 from bot.engine.requests import Kind, bucket_sizes, check_inputs
 from bot.settings import Settings
@@ -59,9 +60,21 @@ def load_engine(settings: Settings) -> tuple[Pipelines, int]:
     smallest = min(buckets, key=lambda name: buckets[name][0] * buckets[name][1])
     warm_up(pipes, check_inputs(Kind.IMAGINE, "warm-up", buckets=buckets, aspect=smallest, steps=1, seed=0))
     batch_images = choose_batch_images(settings, pipes.device)
+    if compile_enabled(settings, pipes.device):
+        use_compile_cache(settings.compile_cache_dir)
+        pipes.compiled = CompiledTwins(pipes, buckets, batch_images)
     freeze_loaded_objects()
+    if pipes.compiled is not None:
+        pipes.compiled.start(render)
     log.info("engine ready on %s; batches of up to %d images", pipes.device, batch_images)
     return pipes, batch_images
+
+
+def compile_enabled(settings: Settings, device: torch.device) -> bool:
+    """`COMPILE=auto` compiles on GPUs only: on a CPU the compile takes minutes for little gain."""
+    if settings.compile == "auto":
+        return device.type == "cuda"
+    return settings.compile == "on"
 
 
 def freeze_loaded_objects() -> None:

@@ -9,6 +9,7 @@ non-finite is decoded again in float32 before we give up on it.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import numpy as np
@@ -35,7 +36,7 @@ class LatentCodec:
         self.latent_dtype = latent_dtype
         self.scaling_factor: float = vae.config.scaling_factor
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: its tensors would fail the compiled UNet's guards
     def encode(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Scaled latents of RGB images (all the same size); the distribution's mean, so no seed is needed."""
         pixels = torch.from_numpy(np.stack([np.asarray(image, dtype=np.uint8) for image in images]))
@@ -43,7 +44,7 @@ class LatentCodec:
         latents = self.vae.encode(pixels).latent_dist.mode()
         return (latents * self.scaling_factor).to(self.latent_dtype)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:
         """RGB images from scaled latents. Raises `NonFiniteOutput` naming the images that stay broken."""
         chunks = [self._decode_pixels(chunk) for chunk in latents.split(DECODE_CHUNK)]
@@ -59,12 +60,12 @@ class LatentCodec:
         return [Image.fromarray(array) for array in as_bytes]
 
     def _decode_pixels(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(latents.to(self.vae.dtype) / self.scaling_factor).sample
+        # One memory layout whatever produced the latents: the compiled decoder's guards check strides.
+        latents = latents.to(self.vae.dtype).contiguous()
+        return self.vae.decode(latents / self.scaling_factor).sample
 
     def _decode_float32(self, latents: torch.Tensor) -> torch.Tensor:
-        dtype = self.vae.dtype
-        self.vae.to(torch.float32)
-        try:
-            return self._decode_pixels(latents).float()
-        finally:
-            self.vae.to(dtype)
+        # A temporary float32 copy rather than converting the VAE in place: its parameters are shared with the
+        # compiled twin (bot.engine.compiled), which may be compiling in another thread right now.
+        decoder = copy.deepcopy(self.vae).to(torch.float32)
+        return decoder.decode(latents.float() / self.scaling_factor).sample

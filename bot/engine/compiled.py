@@ -1,0 +1,148 @@
+"""Compiled twins of the UNet and the VAE decoder, compiled in the background while the eager models serve.
+
+`torch.compile` makes every step cheaper, but compiling costs tens of seconds per new input shape and the bot
+serves seven aspect buckets at every batch size. Four choices keep that cost away from users:
+
+- Twins: the compiled UNet and VAE are copies of the module trees that share every parameter tensor with the
+  eager models, so they cost no memory and the eager models keep serving while the twins compile on a thread.
+- Regional, dynamic compilation: the UNet compiles only its repeated transformer blocks (diffusers'
+  `compile_repeated_blocks`), where most of its time goes; one compiled block serves every instance of it. Sizes
+  are symbolic (`dynamic=True`), so one compilation covers every bucket and batch size: warming each bucket
+  at batch 1 and at the largest batch checks that nothing specialises, instead of compiling per shape.
+- A persistent cache: inductor keeps compiled kernels in `COMPILE_CACHE_DIR`, so a restart replays them.
+- The twins take over only once every bucket has run through them, and then run under `fail_on_recompile`:
+  a batch that would still need compiling falls back to eager (and its shape stays eager) rather than stall.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+from diffusers import StableDiffusionXLPipeline
+
+from bot.engine.pipelines import Pipelines, assemble_pipelines
+from bot.engine.requests import GenerationRequest, Kind, check_inputs
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+RECOMPILE_LIMIT = 64
+RECOMPILE_REFUSED = "fail_on_recompile"  # torch's message names the stance that refused to recompile
+
+
+@dataclass(frozen=True)
+class BatchShape:
+    images: int
+    width: int
+    height: int
+
+
+def weight_sharing_twin(module: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of `module`'s structure whose parameters and buffers are the very same tensors."""
+    memo = {id(tensor): tensor for tensor in [*module.parameters(), *module.buffers()]}
+    return copy.deepcopy(module, memo)
+
+
+def use_compile_cache(folder: Path) -> None:
+    """Point inductor's on-disk cache (compiled graphs and Triton kernels) at `folder`, unless the environment
+    already chose one. Must run before the first compilation."""
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(folder.resolve()))
+
+
+class CompiledTwins:
+    """Owns the compiled pipelines and decides, batch by batch, whether they may serve it."""
+
+    def __init__(self, eager: Pipelines, buckets: dict[str, tuple[int, int]], max_batch_images: int) -> None:
+        self.buckets = buckets
+        self.max_batch_images = max_batch_images
+        # Every compiled module shares one code object (`Module._call_impl`), so all their graphs count against
+        # one per-code limit (8 by default); past it dynamo would run them eager without a word.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+        unet = weight_sharing_twin(eager.text2img.unet)
+        unet.compile_repeated_blocks(fullgraph=True, dynamic=True)
+        vae = weight_sharing_twin(eager.codec.vae)
+        vae.decoder.compile(fullgraph=True, dynamic=True)
+        text2img = StableDiffusionXLPipeline.from_pipe(eager.text2img, unet=unet, vae=vae)
+        self.pipes = assemble_pipelines(
+            text2img, eager.device, model_name=eager.model_name, embeddings=eager.embeddings
+        )
+        self.compile_seconds: float | None = None
+        self.batches_served = 0
+        self._ready = threading.Event()
+        self._finished = threading.Event()  # set when compilation ends, ready or failed
+        self._excluded: set[BatchShape] = set()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    def start(self, render: Callable[[Pipelines, list[GenerationRequest]], object]) -> None:
+        """Compile in a background thread by rendering warm-up batches through the twins with `render`."""
+        self._thread = threading.Thread(target=self._compile, args=(render,), name="compile", daemon=True)
+        self._thread.start()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the twins serve (tests, benchmarks); False if compilation failed or timed out."""
+        self._finished.wait(timeout)
+        return self.ready
+
+    def warm_up_batches(self) -> list[list[GenerationRequest]]:
+        """Every bucket at batch 1 and at the largest batch: the shapes whose compilation could differ."""
+        sizes = sorted({1, self.max_batch_images})
+        return [
+            [
+                check_inputs(Kind.IMAGINE, "warm-up", buckets=self.buckets, aspect=aspect, steps=1, seed=seed)
+                for seed in range(images)
+            ]
+            for aspect in self.buckets
+            for images in sizes
+        ]
+
+    def serve(self, shape: BatchShape, work: Callable[[Pipelines], T]) -> T | None:
+        """`work(twins)` when the twins cover `shape` without compiling; None means: run it eager."""
+        if not self._covers(shape):
+            return None
+        try:
+            with torch.compiler.set_stance("fail_on_recompile"):
+                result = work(self.pipes)
+        except RuntimeError as exc:
+            if RECOMPILE_REFUSED not in str(exc):
+                raise
+            self._excluded.add(shape)
+            log.warning("compiled models would recompile for %s; it runs eager from now on. %s", shape, exc)
+            return None
+        self.batches_served += 1
+        return result
+
+    def _covers(self, shape: BatchShape) -> bool:
+        return (
+            self.ready
+            and 1 <= shape.images <= self.max_batch_images
+            and (shape.width, shape.height) in self.buckets.values()
+            and shape not in self._excluded
+        )
+
+    def _compile(self, render: Callable[[Pipelines, list[GenerationRequest]], object]) -> None:
+        started = time.perf_counter()
+        try:
+            for batch in self.warm_up_batches():
+                render(self.pipes, batch)
+        except Exception:
+            log.exception("compiling the models failed; serving stays eager")
+        else:
+            self.compile_seconds = time.perf_counter() - started
+            log.info("compiled models ready after %.1f s; they serve from now on", self.compile_seconds)
+            self._ready.set()
+        finally:
+            self._finished.set()

@@ -1,0 +1,123 @@
+"""The compiled twins on the tiny model, compiled for real by inductor on the CPU."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bot.engine.compiled import CompiledTwins, weight_sharing_twin
+from bot.engine.generation import generate, render
+from bot.engine.pipelines import Pipelines
+from bot.engine.requests import Kind, check_inputs
+
+MAX_BATCH = 2
+COMPILED_ASPECTS = ("1:1", "16:9")  # each compiled graph costs tens of seconds on a CPU
+pytestmark = pytest.mark.timeout(900)
+
+
+def compiled_graphs() -> int:
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image, dtype=np.int16)
+
+
+@pytest.fixture(scope="module")
+def twins(pipes: Pipelines, buckets) -> CompiledTwins:
+    twins = CompiledTwins(pipes, {aspect: buckets[aspect] for aspect in COMPILED_ASPECTS}, max_batch_images=MAX_BATCH)
+    twins.start(render)
+    assert twins.wait(timeout=900), "compilation failed (see the log)"
+    return twins
+
+
+@pytest.fixture
+def served_by(pipes: Pipelines, twins: CompiledTwins, monkeypatch: pytest.MonkeyPatch) -> Iterator[CompiledTwins]:
+    monkeypatch.setattr(pipes, "compiled", twins)
+    yield twins
+
+
+def test_twin_shares_every_tensor_but_no_module(pipes: Pipelines) -> None:
+    unet = pipes.text2img.unet
+    twin = weight_sharing_twin(unet)
+    assert twin is not unet and twin.down_blocks[0] is not unet.down_blocks[0]
+    for (name, ours), (_, theirs) in zip(unet.named_parameters(), twin.named_parameters(), strict=True):
+        assert ours is theirs, name
+
+
+def test_compiled_images_match_eager(pipes: Pipelines, buckets, served_by: CompiledTwins) -> None:
+    request = check_inputs(Kind.IMAGINE, "a fox", buckets=buckets, aspect="16:9", seed=11, count=2)
+    served = served_by.batches_served
+    compiled = generate(pipes, [request])[0]
+    assert served_by.batches_served == served + 1
+    eager = render(pipes, [request])
+    for ours, reference in zip(compiled, eager, strict=True):
+        assert np.abs(pixels(ours) - pixels(reference)).max() <= 2
+
+
+def test_serving_every_covered_shape_never_compiles(pipes: Pipelines, buckets, served_by: CompiledTwins) -> None:
+    size = buckets["16:9"]
+    source = Image.new("RGB", size, (200, 120, 40))
+    mask = Image.new("L", size, 255)
+    batches = [
+        [check_inputs(Kind.IMAGINE, "a fox", buckets=buckets, aspect=aspect, count=images, steps=4)]
+        for aspect in COMPILED_ASPECTS
+        for images in range(1, MAX_BATCH + 1)
+    ]
+    batches.append([check_inputs(Kind.REMIX, "a fox", buckets=buckets, init_image=source, steps=4)])
+    batches.append([check_inputs(Kind.INPAINT, "a fox", buckets=buckets, init_image=source, mask=mask, steps=4)])
+    graphs, served = compiled_graphs(), served_by.batches_served
+    for batch in batches:
+        generate(pipes, batch)
+    assert compiled_graphs() == graphs
+    assert served_by.batches_served == served + len(batches)
+
+
+def test_batches_larger_than_warmed_up_run_eager(pipes: Pipelines, buckets, served_by: CompiledTwins) -> None:
+    served = served_by.batches_served
+    [images] = generate(pipes, [check_inputs(Kind.IMAGINE, "a fox", buckets=buckets, count=MAX_BATCH + 1)])
+    assert len(images) == MAX_BATCH + 1
+    assert served_by.batches_served == served
+
+
+def test_a_batch_that_would_recompile_falls_back_to_eager(pipes: Pipelines, buckets, served_by: CompiledTwins) -> None:
+    request = check_inputs(Kind.IMAGINE, "a fox", buckets=buckets, aspect="1:1", seed=4)
+    served, graphs = served_by.batches_served, compiled_graphs()
+    served_by.pipes.text2img.unet.train()  # a guard the compiled blocks check: they would have to recompile
+    try:
+        [[image]] = generate(pipes, [request])
+        [[again]] = generate(pipes, [request])
+    finally:
+        served_by.pipes.text2img.unet.eval()
+    assert served_by.batches_served == served and compiled_graphs() == graphs
+    assert np.array_equal(pixels(image), pixels(render(pipes, [request])[0]))
+    # the shape stays eager from then on, without trying the twins again
+    assert np.array_equal(pixels(again), pixels(image))
+    served_by._excluded.clear()
+
+
+def test_requests_are_served_eager_while_compiling(pipes: Pipelines, buckets, monkeypatch) -> None:
+    gate = threading.Event()
+
+    def held_render(twin_pipes: Pipelines, batch) -> object:
+        gate.wait(timeout=60)
+        return render(twin_pipes, batch)
+
+    twins = CompiledTwins(pipes, {"1:1": buckets["1:1"]}, max_batch_images=1)
+    monkeypatch.setattr(pipes, "compiled", twins)
+    twins.start(held_render)
+    request = check_inputs(Kind.IMAGINE, "a fox", buckets=buckets, seed=2)
+    try:
+        [[image]] = generate(pipes, [request])
+        assert not twins.ready and twins.batches_served == 0
+    finally:
+        gate.set()
+    assert twins.wait(timeout=900)
+    [[compiled]] = generate(pipes, [request])
+    assert twins.batches_served == 1
+    assert np.abs(pixels(compiled) - pixels(image)).max() <= 2
