@@ -1,12 +1,17 @@
-"""Plain diffusers against our executor on a full-size random-weight LCM SSD-1B, side by side in one run.
+"""Plain diffusers against each of our optimisations on a full-size random-weight LCM SSD-1B, in one run.
 
-    python -m bench.gpu                      # on a CUDA GPU, full size, from ../shared/model-configs/ssd-1b
-    python -m bench.gpu --tiny --requests 8  # smoke run of the same code on the tiny test model, on the CPU
+    python -m bench.gpu --configs DIR --budget 500     # on a CUDA GPU, full size
+    python -m bench.gpu --tiny --requests 8            # smoke run of the same code on the tiny model, on the CPU
 
-Plain diffusers is the model card recipe: one pipeline call per request, float16, the VAE upcast to float32 by
-diffusers for each decode. Ours is the production executor (bot.engine) fed a stream of single-image requests
-from many users with mixed aspects, so it batches what it can. Both share the same UNet and text encoders.
-Random weights: speed and memory are real, the pictures are noise.
+Columns, each adding one thing to the one before, all on the same card in the same process:
+- plain: the model card recipe, one pipeline call per request, float16, the VAE upcast to float32 per decode;
+- executor: our engine (bfloat16 VAE decoded in chunks, cached prompt embeddings) fed a stream of single-image
+  requests from many users with mixed aspects, so it batches what it can;
+- +fused: query/key/value fused into one projection and channels-last convolutions (`tune_for_speed`);
+- +compiled: the compiled twins (bot.engine.compiled), compiled in the background first.
+Then `bench.startup` runs twice as a fresh process on the weights saved to disk: with the compile cache this
+run filled (a restart), and with no compilation (time to the first image). Random weights: speed and memory are
+real, the pictures are noise. Phases that would overrun `--budget` seconds are skipped and say so.
 """
 
 from __future__ import annotations
@@ -15,11 +20,15 @@ import argparse
 import asyncio
 import copy
 import functools
+import gc
 import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -29,8 +38,9 @@ from diffusers import AutoencoderKL, LCMScheduler, StableDiffusionXLPipeline, UN
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from bench.streams import time_stream
-from bot.engine.generation import generate
-from bot.engine.pipelines import Pipelines, assemble_pipelines, vae_dtype
+from bot.engine.compiled import CompiledTwins, use_compile_cache
+from bot.engine.generation import generate, render
+from bot.engine.pipelines import Pipelines, assemble_pipelines, tune_for_speed, vae_dtype
 from bot.engine.requests import GenerationRequest, Kind, bucket_sizes, check_inputs
 from bot.engine.service import choose_batch_images
 from bot.settings import Settings
@@ -39,6 +49,7 @@ from tests.support.tiny_model import build_tiny_model, byte_level_tokenizer
 DEFAULT_CONFIGS = Path(__file__).resolve().parents[2] / "shared" / "model-configs" / "ssd-1b"
 STREAM_ASPECTS = ("1:1", "16:9", "9:16", "4:3")
 STEPS = 4
+COLUMNS = ("plain", "executor", "+fused", "+compiled")
 
 
 def full_size_pipeline(configs: Path, device: torch.device, workdir: Path) -> StableDiffusionXLPipeline:
@@ -82,42 +93,143 @@ def ours_from(plain: StableDiffusionXLPipeline, device: torch.device) -> Pipelin
     return assemble_pipelines(StableDiffusionXLPipeline(**components), device, model_name="random")
 
 
-class Stopwatch:
-    def __init__(self, device: torch.device) -> None:
+class Bench:
+    """Timing helpers that respect the GPU's asynchrony, a table being filled in, and the time budget."""
+
+    def __init__(self, device: torch.device, budget: float) -> None:
         self.device = device
+        self.deadline = time.perf_counter() + budget
+        self.table: dict[str, dict[str, str]] = {}
+        self.plain_stream_seconds = float("nan")
+
+    def left(self) -> float:
+        return self.deadline - time.perf_counter()
 
     def sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
 
-    def reset_peak(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
+    def seconds(self, run: Callable[[], object], repeats: int = 1) -> float:
+        times = []
+        for _ in range(repeats):
+            self.sync()
+            start = time.perf_counter()
+            run()
+            self.sync()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
 
-    def peak_gib(self) -> float:
-        return torch.cuda.max_memory_allocated() / 2**30 if self.device.type == "cuda" else float("nan")
-
-
-def plain_call(pipe: StableDiffusionXLPipeline, prompts: list[str], size: tuple[int, int]) -> None:
-    pipe(prompt=prompts, num_inference_steps=STEPS, guidance_scale=1.0, width=size[0], height=size[1])
-
-
-def median_seconds(watch: Stopwatch, run, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        watch.sync()
-        start = time.perf_counter()
+    def peak_gib(self, run: Callable[[], object]) -> float:
+        if self.device.type != "cuda":
+            return float("nan")
+        torch.cuda.reset_peak_memory_stats()
         run()
-        watch.sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        return torch.cuda.max_memory_allocated() / 2**30
+
+    def record(self, row: str, column: str, value: str) -> None:
+        self.table.setdefault(row, {})[column] = value
+        print(f"  {column:>10} | {row}: {value}", flush=True)
+
+    def print_table(self) -> None:
+        print(f"| {'measure':<36} | " + " | ".join(f"{column:>10}" for column in COLUMNS) + " |")
+        print(f"|{'-' * 38}|" + "|".join("-" * 12 for _ in COLUMNS) + "|")
+        for row, values in self.table.items():
+            cells = " | ".join(f"{values.get(column, ''):>10}" for column in COLUMNS)
+            print(f"| {row:<36} | {cells} |")
 
 
-def stream_requests(buckets: dict[str, tuple[int, int]], count: int) -> list[GenerationRequest]:
+def stream_requests(buckets: dict[str, tuple[int, int]], count: int, tag: str) -> list[GenerationRequest]:
     return [
-        check_inputs(Kind.IMAGINE, f"prompt {index}", buckets=buckets, aspect=STREAM_ASPECTS[index % 4], seed=index)
-        for index in range(count)
+        check_inputs(Kind.IMAGINE, f"{tag} {i}", buckets=buckets, aspect=STREAM_ASPECTS[i % 4], seed=i)
+        for i in range(count)
     ]
+
+
+def measure_plain(bench: Bench, plain: StableDiffusionXLPipeline, buckets, requests: int) -> None:
+    def call(prompts: list[str], size: tuple[int, int]) -> None:
+        plain(prompt=prompts, num_inference_steps=STEPS, guidance_scale=1.0, width=size[0], height=size[1])
+
+    square = buckets["1:1"]
+    call(["warm-up"], square)
+    bench.record("one request alone, s", "plain", f"{bench.seconds(lambda: call(['a fox'], square), 3):.3f}")
+    bench.record("peak memory, one image, GiB", "plain", f"{bench.peak_gib(lambda: call(['a fox'], square)):.2f}")
+    bench.record("8 images in one call, s", "plain", f"{bench.seconds(lambda: call(['a fox'] * 8, square)):.3f}")
+    sizes = [buckets[STREAM_ASPECTS[i % 4]] for i in range(requests)]
+    elapsed = bench.seconds(lambda: [call([f"plain {i}"], size) for i, size in enumerate(sizes)])
+    bench.record("stream, images/s", "plain", f"{requests / elapsed:.2f}")
+    bench.plain_stream_seconds = elapsed
+
+
+def measure_ours(bench: Bench, ours: Pipelines, column: str, buckets, requests: int, users: int, batch: int) -> None:
+    run_ours = functools.partial(generate, ours)
+    for aspect in STREAM_ASPECTS:  # eager warm-up of every stream shape (cuDNN picks its algorithms)
+        generate(ours, [check_inputs(Kind.IMAGINE, "warm-up", buckets=buckets, aspect=aspect, count=2)])
+
+    def alone(prompt: str) -> float:
+        request = check_inputs(Kind.IMAGINE, prompt, buckets=buckets, seed=1)
+        return bench.seconds(lambda: asyncio.run(time_stream(run_ours, [request], users=1, batch_images=1)))
+
+    fresh = statistics.median(alone(f"new prompt {index} {column}") for index in range(3))
+    bench.record("one request alone, s", column, f"{fresh:.3f}")
+    cached = statistics.median(alone("a fox") for _ in range(3))
+    bench.record("one request alone, cached prompt, s", column, f"{cached:.3f}")
+    one = check_inputs(Kind.IMAGINE, "a fox", buckets=buckets, seed=3)
+    bench.record("peak memory, one image, GiB", column, f"{bench.peak_gib(lambda: generate(ours, [one])):.2f}")
+    four = check_inputs(Kind.IMAGINE, "a fox", buckets=buckets, count=4)
+    bench.record("8 images in one call, s", column, f"{bench.seconds(lambda: generate(ours, [four, four])):.3f}")
+    bench.record("peak memory, 8 images, GiB", column, f"{bench.peak_gib(lambda: generate(ours, [four, four])):.2f}")
+    stream = stream_requests(buckets, requests, column)
+    elapsed = asyncio.run(time_stream(run_ours, stream, users=users, batch_images=batch))
+    bench.record("stream, images/s", column, f"{requests / elapsed:.2f}")
+    bench.record("stream speed-up over plain", column, f"{bench.plain_stream_seconds / elapsed:.2f}x")
+
+
+def compile_twins(bench: Bench, ours: Pipelines, buckets, batch: int) -> bool:
+    """Compile in the background as the bot does, timing eager requests served meanwhile."""
+    twins = CompiledTwins(ours, buckets, batch)
+    started = time.perf_counter()
+    twins.start(render)
+    request = check_inputs(Kind.IMAGINE, "served while compiling", buckets=buckets, seed=5)
+    latencies = []
+    while not twins.wait(timeout=0.5):
+        if time.perf_counter() - started > bench.left() - 60 or twins.finished:
+            break
+        latencies.append(bench.seconds(lambda: generate(ours, [request])))
+    if not twins.ready:
+        print("compilation did not finish in the budget (or failed; see the log)", flush=True)
+        return False
+    bench.record("compile, cold cache, s", "+compiled", f"{twins.compile_seconds:.1f}")
+    if latencies:
+        bench.record("eager latency while compiling, s", "+compiled", f"{statistics.median(latencies):.3f} med")
+        bench.record("  (worst of the above)", "+compiled", f"{max(latencies):.3f}")
+    ours.compiled = twins
+    return True
+
+
+def measure_restart(bench: Bench, model_dir: Path, resolution: int, device: str) -> None:
+    for label, compile_setting in (("restart, compile cache warm", "on"), ("start, no compile", "off")):
+        if bench.left() < 100:
+            print(f"skipped {label}: {bench.left():.0f} s left", flush=True)
+            continue
+        command = [
+            sys.executable, "-m", "bench.startup", "--model-base", str(model_dir), "--model-unet",
+            str(model_dir / "unet"), "--resolution", str(resolution), "--compile", compile_setting,
+            "--device", device, "--compile-timeout", str(max(10, bench.left() - 40)),
+        ]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, timeout=max(30, bench.left() - 10))
+        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+        if not lines:
+            print(f"{label} failed:\n{done.stderr[-3000:]}", flush=True)
+            continue
+        report = json.loads(lines[-1])
+        column = "+compiled" if compile_setting == "on" else "+fused"
+        print(f"{label}: {report}", flush=True)
+        bench.record("fresh process: first image, s", column, f"{report['first_image_s']:.1f}")
+        if "compiled_ready_s" in report:
+            bench.record("fresh process: compiled ready, s", column, f"{report['compiled_ready_s']:.1f}")
+        bench.record("fresh process: alone, s", column, f"{report['alone_s']:.3f}")
+        if "peak_batch1_gib" in report:
+            bench.record("fresh process: peak, one image, GiB", column, f"{report['peak_batch1_gib']:.2f}")
 
 
 def main() -> None:
@@ -125,70 +237,51 @@ def main() -> None:
     parser.add_argument("--configs", type=Path, default=DEFAULT_CONFIGS)
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--users", type=int, default=16)
+    parser.add_argument("--budget", type=float, default=900, help="seconds; later phases are skipped past it")
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "lcm-bench")
     parser.add_argument("--tiny", action="store_true", help="tiny test model on the CPU (smoke run)")
     args = parser.parse_args()
 
     device = torch.device("cpu" if args.tiny else "cuda")
     resolution = 256 if args.tiny else 1024
     buckets = bucket_sizes(resolution)
-    square = buckets["1:1"]
-    watch = Stopwatch(device)
-    with tempfile.TemporaryDirectory() as folder:
-        plain = tiny_pipeline(Path(folder)) if args.tiny else full_size_pipeline(args.configs, device, Path(folder))
+    bench = Bench(device, args.budget)
+    use_compile_cache(args.workdir / "compile-cache")
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU (tiny model)"
+    print(f"device: {name}; torch {torch.__version__}; {resolution}px, {STEPS} steps", flush=True)
+
+    # 0. The model, also saved to disk for the fresh-process measurements
+    started = time.perf_counter()
+    plain = tiny_pipeline(args.workdir) if args.tiny else full_size_pipeline(args.configs, device, args.workdir)
     plain.to(device)
     plain.set_progress_bar_config(disable=True)
-    ours = ours_from(plain, device)
+    model_dir = args.workdir / "model"
+    plain.save_pretrained(model_dir)
+    print(f"model built and saved in {time.perf_counter() - started:.0f} s", flush=True)
     settings = Settings(base_resolution=resolution, _env_file=None)
-    batch_images = choose_batch_images(settings, device)
+    batch = choose_batch_images(settings, device)
+    print(f"stream: {args.requests} single-image requests from {args.users} users, aspects "
+          f"{', '.join(STREAM_ASPECTS)}; batches of up to {batch}", flush=True)  # fmt: skip
 
-    # 1. Plain diffusers: warm up, one request alone, batch of 8 prompts, then the request stream one by one
-    plain_call(plain, ["warm-up"], square)
-    watch.reset_peak()
-    plain_alone = median_seconds(watch, lambda: plain_call(plain, ["a fox"], square), repeats=3)
-    plain_peak_1 = watch.peak_gib()
-    watch.reset_peak()
-    plain_batch8 = median_seconds(watch, lambda: plain_call(plain, ["a fox"] * 8, square), repeats=1)
-    plain_peak_8 = watch.peak_gib()
-    stream = [buckets[STREAM_ASPECTS[index % 4]] for index in range(args.requests)]
-    plain_stream = median_seconds(
-        watch, lambda: [plain_call(plain, [f"prompt {i}"], size) for i, size in enumerate(stream)], repeats=1
-    )
+    # 1. Plain diffusers, 2. our executor, 3. + fused QKV and channels-last, 4. + compiled twins
+    measure_plain(bench, plain, buckets, args.requests)
+    ours = ours_from(plain, device)
+    measure_ours(bench, ours, "executor", buckets, args.requests, args.users, batch)
+    tune_for_speed(ours)
+    measure_ours(bench, ours, "+fused", buckets, args.requests, args.users, batch)
+    if bench.left() > 120 and compile_twins(bench, ours, buckets, batch):
+        measure_ours(bench, ours, "+compiled", buckets, args.requests, args.users, batch)
+        bench.record("batches served compiled", "+compiled", str(ours.compiled.batches_served))
 
-    # 2. Ours: warm up every stream shape, one request alone, a batch of 8, then the stream through the executor
-    for aspect in STREAM_ASPECTS:
-        generate(ours, [check_inputs(Kind.IMAGINE, "warm-up", buckets=buckets, aspect=aspect)])
-    watch.reset_peak()
-    run_ours = functools.partial(generate, ours)
-    one = stream_requests(buckets, 1)
-    ours_alone = statistics.median(asyncio.run(time_stream(run_ours, one, users=1, batch_images=1)) for _ in range(3))
-    ours_peak_1 = watch.peak_gib()
-    watch.reset_peak()
-    eight = check_inputs(Kind.IMAGINE, "a fox", buckets=buckets, count=4)
-    ours_batch8 = median_seconds(watch, lambda: generate(ours, [eight, eight]), repeats=1)
-    ours_peak_8 = watch.peak_gib()
-    ours_stream = asyncio.run(
-        time_stream(run_ours, stream_requests(buckets, args.requests), users=args.users, batch_images=batch_images)
-    )
-
-    name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU (tiny model)"
-    print(f"device: {name}; {resolution}px base, {STEPS} steps; stream: {args.requests} single-image requests")
-    print(f"from {args.users} users, aspects {', '.join(STREAM_ASPECTS)}; executor batches up to {batch_images}")
-    rows = [
-        ("one request alone, s", f"{plain_alone:.3f}", f"{ours_alone:.3f}", f"{ours_alone / plain_alone:.2f}x"),
-        ("8 images in one call, s", f"{plain_batch8:.3f}", f"{ours_batch8:.3f}", f"{ours_batch8 / plain_batch8:.2f}x"),
-        (
-            "stream, images/s",
-            f"{args.requests / plain_stream:.2f}",
-            f"{args.requests / ours_stream:.2f}",
-            f"{plain_stream / ours_stream:.2f}x",
-        ),
-        ("peak memory at batch 1, GiB", f"{plain_peak_1:.1f}", f"{ours_peak_1:.1f}", ""),
-        ("peak memory at batch 8, GiB", f"{plain_peak_8:.1f}", f"{ours_peak_8:.1f}", ""),
-    ]
-    print(f"| {'measure':<30} | {'plain diffusers':>15} | {'lcm-bot':>10} | {'ratio':>8} |")
-    print(f"|{'-' * 32}|{'-' * 17}|{'-' * 12}|{'-' * 10}|")
-    for label, plain_value, ours_value, ratio in rows:
-        print(f"| {label:<30} | {plain_value:>15} | {ours_value:>10} | {ratio:>8} |")
+    # 5. Fresh processes on the saved weights: a restart with the compile cache, and the time to a first image
+    del plain, ours
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    measure_restart(bench, model_dir, resolution, device.type)
+    print()
+    bench.print_table()
 
 
 if __name__ == "__main__":

@@ -87,6 +87,11 @@ class CompiledTwins:
     def ready(self) -> bool:
         return self._ready.is_set()
 
+    @property
+    def finished(self) -> bool:
+        """Compilation has ended, ready or failed."""
+        return self._finished.is_set()
+
     def start(self, render: Callable[[Pipelines, list[GenerationRequest]], object]) -> None:
         """Compile in a background thread by rendering warm-up batches through the twins with `render`."""
         self._thread = threading.Thread(target=self._compile, args=(render,), name="compile", daemon=True)

@@ -2,10 +2,11 @@ from __future__ import annotations
 
 import gc
 
+import pytest
 import torch
 
 from bot.engine.requests import Kind, check_inputs
-from bot.engine.service import choose_batch_images, load_engine, open_engine
+from bot.engine.service import choose_batch_images, compile_enabled, load_engine, open_engine
 from bot.settings import Settings
 
 
@@ -14,10 +15,18 @@ def test_batch_size_is_the_setting_or_a_cpu_default(settings: Settings) -> None:
     assert choose_batch_images(settings.model_copy(update={"max_batch_images": None}), torch.device("cpu")) == 4
 
 
+@pytest.mark.parametrize(
+    ("setting", "device", "expected"),
+    [("auto", "cuda", True), ("auto", "cpu", False), ("on", "cpu", True), ("off", "cuda", False)],
+)
+def test_compiling_is_automatic_on_gpus_only(settings: Settings, setting: str, device: str, expected: bool) -> None:
+    assert compile_enabled(settings.model_copy(update={"compile": setting}), torch.device(device)) is expected
+
+
 def test_load_engine_warms_up_and_freezes_the_loaded_heap(settings: Settings) -> None:
     pipes, batch_images = load_engine(settings)
     assert batch_images == settings.max_batch_images
-    assert pipes.device.type == "cpu"
+    assert pipes.device.type == "cpu" and pipes.compiled is None  # COMPILE=auto stays eager on a CPU
     assert gc.get_freeze_count() > 100_000  # the libraries and the model are out of the collector's reach
 
 
