@@ -7,7 +7,6 @@ Columns, each adding one thing to the one before, all on the same card in the sa
 - plain: the model card recipe, one pipeline call per request, float16, the VAE upcast to float32 per decode;
 - executor: our engine (bfloat16 VAE decoded in chunks, cached prompt embeddings) fed a stream of single-image
   requests from many users with mixed aspects, so it batches what it can;
-- +fused: query/key/value fused into one projection and channels-last convolutions (`tune_for_speed`);
 - +compiled: the compiled twins (bot.engine.compiled), compiled in the background first.
 Then `bench.startup` runs twice as a fresh process on the weights saved to disk: with the compile cache this
 run filled (a restart), and with no compilation (time to the first image). Random weights: speed and memory are
@@ -40,7 +39,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 from bench.streams import time_stream
 from bot.engine.compiled import CompiledTwins, use_compile_cache
 from bot.engine.generation import generate, render
-from bot.engine.pipelines import Pipelines, assemble_pipelines, tune_for_speed, vae_dtype
+from bot.engine.pipelines import Pipelines, assemble_pipelines, vae_dtype
 from bot.engine.requests import GenerationRequest, Kind, bucket_sizes, check_inputs
 from bot.engine.service import choose_batch_images
 from bot.settings import Settings
@@ -49,7 +48,7 @@ from tests.support.tiny_model import build_tiny_model, byte_level_tokenizer
 DEFAULT_CONFIGS = Path(__file__).resolve().parents[2] / "shared" / "model-configs" / "ssd-1b"
 STREAM_ASPECTS = ("1:1", "16:9", "9:16", "4:3")
 STEPS = 4
-COLUMNS = ("plain", "executor", "+fused", "+compiled")
+COLUMNS = ("plain", "executor", "+compiled")
 
 
 def full_size_pipeline(configs: Path, device: torch.device, workdir: Path) -> StableDiffusionXLPipeline:
@@ -195,13 +194,13 @@ def compile_twins(bench: Bench, ours: Pipelines, buckets, batch: int) -> bool:
         if time.perf_counter() - started > bench.left() - 60 or twins.finished:
             break
         latencies.append(bench.seconds(lambda: generate(ours, [request])))
+    if latencies:
+        bench.record("eager latency while compiling, s", "+compiled", f"{statistics.median(latencies):.3f} med")
+        bench.record("  (worst of the above)", "+compiled", f"{max(latencies):.3f}")
     if not twins.ready:
         print("compilation did not finish in the budget (or failed; see the log)", flush=True)
         return False
     bench.record("compile, cold cache, s", "+compiled", f"{twins.compile_seconds:.1f}")
-    if latencies:
-        bench.record("eager latency while compiling, s", "+compiled", f"{statistics.median(latencies):.3f} med")
-        bench.record("  (worst of the above)", "+compiled", f"{max(latencies):.3f}")
     ours.compiled = twins
     return True
 
@@ -216,13 +215,17 @@ def measure_restart(bench: Bench, model_dir: Path, resolution: int, device: str)
             str(model_dir / "unet"), "--resolution", str(resolution), "--compile", compile_setting,
             "--device", device, "--compile-timeout", str(max(10, bench.left() - 40)),
         ]  # fmt: skip
-        done = subprocess.run(command, capture_output=True, text=True, timeout=max(30, bench.left() - 10))
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=max(30, bench.left() - 10))
+        except subprocess.TimeoutExpired:
+            print(f"{label}: did not finish in the budget", flush=True)
+            continue
         lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
         if not lines:
             print(f"{label} failed:\n{done.stderr[-3000:]}", flush=True)
             continue
         report = json.loads(lines[-1])
-        column = "+compiled" if compile_setting == "on" else "+fused"
+        column = "+compiled" if compile_setting == "on" else "executor"
         print(f"{label}: {report}", flush=True)
         bench.record("fresh process: first image, s", column, f"{report['first_image_s']:.1f}")
         if "compiled_ready_s" in report:
@@ -264,12 +267,10 @@ def main() -> None:
     print(f"stream: {args.requests} single-image requests from {args.users} users, aspects "
           f"{', '.join(STREAM_ASPECTS)}; batches of up to {batch}", flush=True)  # fmt: skip
 
-    # 1. Plain diffusers, 2. our executor, 3. + fused QKV and channels-last, 4. + compiled twins
+    # 1. Plain diffusers, 2. our executor, 3. + compiled twins
     measure_plain(bench, plain, buckets, args.requests)
     ours = ours_from(plain, device)
     measure_ours(bench, ours, "executor", buckets, args.requests, args.users, batch)
-    tune_for_speed(ours)
-    measure_ours(bench, ours, "+fused", buckets, args.requests, args.users, batch)
     if bench.left() > 120 and compile_twins(bench, ours, buckets, batch):
         measure_ours(bench, ours, "+compiled", buckets, args.requests, args.users, batch)
         bench.record("batches served compiled", "+compiled", str(ours.compiled.batches_served))

@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     guild_images_per_hour: int = Field(default=0, ge=0)
     limit_exempt_roles: list[int] = Field(default_factory=list)
     batch_timeout: float = Field(default=120.0, gt=0)
-    compile: Literal["auto", "on", "off"] = "auto"
+    compile: Literal["auto", "on", "off"] = "off"
     compile_cache_dir: Path = Path("data/compile-cache")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

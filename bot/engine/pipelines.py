@@ -104,20 +104,7 @@ def load_pipelines(settings: Settings) -> Pipelines:
     text2img = _load(
         StableDiffusionXLPipeline, settings.model_base, dtype, "MODEL_BASE", unet=unet, vae=vae, add_watermarker=False
     )
-    pipes = assemble_pipelines(text2img, device, model_name=settings.model_unet)
-    tune_for_speed(pipes)
-    return pipes
-
-
-def tune_for_speed(pipes: Pipelines) -> None:
-    """Changes that keep the maths and save time (measured in bench/gpu.py): one matrix product for query, key
-    and value instead of three; on GPUs, channels-last convolutions, the layout tensor cores read fastest."""
-    unet, vae = pipes.text2img.unet, pipes.codec.vae
-    unet.fuse_qkv_projections()
-    vae.fuse_qkv_projections()
-    if pipes.device.type == "cuda":
-        unet.to(memory_format=torch.channels_last)
-        vae.to(memory_format=torch.channels_last)
+    return assemble_pipelines(text2img, device, model_name=settings.model_unet)
 
 
 def assemble_pipelines(

@@ -71,7 +71,8 @@ def load_engine(settings: Settings) -> tuple[Pipelines, int]:
 
 
 def compile_enabled(settings: Settings, device: torch.device) -> bool:
-    """`COMPILE=auto` compiles on GPUs only: on a CPU the compile takes minutes for little gain."""
+    """`COMPILE=auto` compiles on GPUs only: on a CPU the compile takes minutes for little gain. The default is
+    off until a GPU run shows the compile of every bucket paying for itself (README, Performance)."""
     if settings.compile == "auto":
         return device.type == "cuda"
     return settings.compile == "on"

@@ -35,6 +35,7 @@ class LatentCodec:
         self.vae = vae
         self.latent_dtype = latent_dtype
         self.scaling_factor: float = vae.config.scaling_factor
+        self.float32_retries = 0  # images decoded a second time in float32; each costs a full fp32 decode
 
     @torch.no_grad()  # not inference_mode: its tensors would fail the compiled UNet's guards
     def encode(self, images: Sequence[Image.Image]) -> torch.Tensor:
@@ -51,6 +52,7 @@ class LatentCodec:
         pixels = torch.cat(chunks).float()
         broken = [index for index in range(len(pixels)) if not torch.isfinite(pixels[index]).all()]
         if broken and self.vae.dtype != torch.float32:
+            self.float32_retries += len(broken)
             pixels[broken] = self._decode_float32(latents[broken])
             broken = [index for index in broken if not torch.isfinite(pixels[index]).all()]
         if broken:

@@ -1,14 +1,10 @@
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from diffusers import LCMScheduler
-from diffusers.models.attention_processor import FusedAttnProcessor2_0
 
-from bot.engine.generation import render
 from bot.engine.pipelines import ModelUnavailable, Pipelines, load_pipelines, resolve_dtype, vae_dtype
-from bot.engine.requests import Kind, check_inputs
 from bot.settings import Settings
 
 
@@ -59,16 +55,3 @@ def test_dtypes_follow_the_device() -> None:
     assert resolve_dtype("bfloat16", cuda) == torch.bfloat16
     assert vae_dtype(cpu, torch.float32, fp16_safe_vae=False) == torch.float32
     assert vae_dtype(cuda, torch.float16, fp16_safe_vae=True) == torch.float16
-
-
-def test_speed_tuning_fuses_attention_and_keeps_the_images(settings: Settings, buckets) -> None:
-    tuned = load_pipelines(settings)
-    unet, vae = tuned.text2img.unet, tuned.codec.vae
-    assert {type(processor) for processor in unet.attn_processors.values()} == {FusedAttnProcessor2_0}
-    request = check_inputs(Kind.IMAGINE, "a fox", buckets=buckets, seed=8, steps=2)
-    [fused] = render(tuned, [request])
-    unet.unfuse_qkv_projections()
-    vae.unfuse_qkv_projections()
-    [separate] = render(tuned, [request])
-    difference = np.abs(np.asarray(fused, dtype=np.int16) - np.asarray(separate, dtype=np.int16))
-    assert difference.max() <= 1
