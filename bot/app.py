@@ -8,6 +8,7 @@ then does the bot connect to the gateway, so no interaction ever arrives before 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -18,6 +19,7 @@ from discord.ext import commands
 
 from bot.engine.service import Engine, open_engine
 from bot.limits import Limits
+from bot.metrics import Health, serve_metrics
 from bot.settings import Settings
 from bot.storage import Database, StorageUnavailable, open_database
 from bot.storage.guilds import GuildSettingsStore
@@ -69,6 +71,15 @@ class LcmBot(commands.AutoShardedBot):
     def engine(self, engine: Engine) -> None:
         self._engine = engine
 
+    def health(self) -> Health:
+        """Healthy while connected to Discord with the engine serving: what `/healthz` reports."""
+        discord_ready = self.is_ready() and not self.is_closed()
+        engine_serving = self._engine is not None and self._engine.executor.serving
+        detail = {"discord": discord_ready, "engine": engine_serving}
+        if self._engine is not None:
+            detail["queue_depth"] = self._engine.executor.queue_depth
+        return Health(ok=discord_ready and engine_serving, detail=detail)
+
     async def setup_hook(self) -> None:
         for extension in EXTENSIONS:
             try:
@@ -116,8 +127,12 @@ async def _serve_with(settings: Settings, database: Database) -> int:
     async with LcmBot(settings, database) as bot:
         if not await _login(bot, settings):
             return 1
-        async with open_engine(settings) as engine:
+        async with open_engine(settings) as engine, contextlib.AsyncExitStack() as extras:
             bot.engine = engine
+            if settings.metrics_port is not None:
+                await extras.enter_async_context(
+                    serve_metrics(settings.metrics_port, engine.executor.metrics, bot.health)
+                )
             loop = asyncio.get_running_loop()
             for stop_signal in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(stop_signal, lambda: asyncio.ensure_future(bot.close()))

@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     batch_timeout: float = Field(default=120.0, gt=0)
     compile: Literal["auto", "on", "off"] = "off"
     compile_cache_dir: Path = Path("data/compile-cache")
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 

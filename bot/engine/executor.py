@@ -34,6 +34,7 @@ from bot.errors import (
     TooManyPending,
     UserFacingError,
 )
+from bot.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ class Executor:
         user_max_pending: int,
         batch_timeout: float,
         png_workers: int = 2,
+        metrics: Metrics | None = None,
     ) -> None:
         self._runner = runner
         self._model_name = model_name
@@ -106,6 +108,8 @@ class Executor:
         self._serve_task: asyncio.Task[None] | None = None
         self._seconds_per_image = INITIAL_SECONDS_PER_IMAGE
         self._batch_started_at = 0.0
+        self.metrics = metrics or Metrics()
+        self.metrics.watch(queue_depth=lambda: self.queue_depth, workers=lambda: int(self.serving))
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -178,6 +182,11 @@ class Executor:
     def queue_depth(self) -> int:
         return len(self._queue)
 
+    @property
+    def serving(self) -> bool:
+        """The serve loop is alive: started, not closed, not crashed."""
+        return self._serve_task is not None and not self._serve_task.done() and not self._closing
+
     def position(self, job: Job) -> int | None:
         """1 for the next job to run, 0 while running, None once finished."""
         if job.state is JobState.RUNNING:
@@ -223,6 +232,8 @@ class Executor:
         self._running = batch
         self._batch_started_at = started
         for job in batch:
+            if job.started_at is None:  # a job retried alone after its batch failed has already waited
+                self.metrics.job_started(started - job.submitted_at)
             job.state, job.started_at = JobState.RUNNING, started
         try:
             images = await self._generate([job.request for job in batch])
@@ -243,6 +254,7 @@ class Executor:
         generation_time = time.monotonic() - started
         count = sum(job.request.count for job in batch)
         self._seconds_per_image += ETA_SMOOTHING * (generation_time / count - self._seconds_per_image)
+        self.metrics.batch_done(count, generation_time)
         for job, job_images in zip(batch, images, strict=True):
             task = asyncio.create_task(self._finish(job, job_images, generation_time, count))
             self._finishing.add(task)
@@ -303,6 +315,7 @@ class Executor:
         self._jobs.pop(job.id, None)
         if job.future.done():
             return
+        self.metrics.job_settled(state.value)
         if isinstance(outcome, Exception):
             job.future.set_exception(outcome)
         else:

@@ -4,42 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import sqlite3
-import sys
 from pathlib import Path
 
 from tests.fakediscord import FakeDiscord, FakeInteraction
+from tests.support.bot_process import start_bot_process
 from tests.support.tiny_model import TinyModel
 
-REPOSITORY = Path(__file__).resolve().parents[2]
 JOBS = 6
-
-
-async def start_bot_process(fake: FakeDiscord, model: TinyModel, database: Path) -> asyncio.subprocess.Process:
-    environment = {
-        **os.environ,
-        "PYTHONPATH": str(REPOSITORY),
-        "FAKE_DISCORD_URL": fake.base_url,
-        "DISCORD_TOKEN": "fake-token",
-        "DEV_GUILD_ID": str(fake.guild_id),
-        "MODEL_BASE": str(model.base),
-        "MODEL_UNET": str(model.lcm_unet),
-        "BASE_RESOLUTION": "256",
-        "DEVICE": "cpu",
-        "DATABASE_PATH": str(database),
-        "MAX_BATCH_IMAGES": "1",
-        "USER_MAX_PENDING": str(JOBS),
-        "HF_HUB_OFFLINE": "1",
-        "LOG_LEVEL": "WARNING",
-    }
-    fake.identified.clear()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.support.bot_process", cwd=REPOSITORY, env=environment
-    )
-    await asyncio.wait_for(fake.identified.wait(), 120)
-    return process
 
 
 def delivered(interaction: FakeInteraction) -> int:
@@ -50,7 +23,7 @@ async def test_sigkill_with_jobs_in_flight_then_restart_delivers_each_once(
     fake: FakeDiscord, tiny_model: TinyModel, tmp_path: Path
 ) -> None:
     database = tmp_path / "bot.sqlite3"
-    first = await start_bot_process(fake, tiny_model, database)
+    first = await start_bot_process(fake, tiny_model, database, MAX_BATCH_IMAGES="1", USER_MAX_PENDING=str(JOBS))
     try:
         user = fake.add_user("patient")
         interactions = [
@@ -65,7 +38,7 @@ async def test_sigkill_with_jobs_in_flight_then_restart_delivers_each_once(
     unfinished = sum(1 for interaction in interactions if not delivered(interaction))
     assert unfinished >= 2, "the kill came too late to test anything"
 
-    second = await start_bot_process(fake, tiny_model, database)
+    second = await start_bot_process(fake, tiny_model, database, MAX_BATCH_IMAGES="1", USER_MAX_PENDING=str(JOBS))
     try:
         # Finished means recorded as done with its token forgotten, not only visible: a job delivered just
         # before the kill may run and be delivered again (onto the same message).
