@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     compile: Literal["auto", "on", "off"] = "off"
     compile_cache_dir: Path = Path("data/compile-cache")
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    queue_backend: Literal["local", "redis"] = "local"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_visibility_timeout: float = Field(default=300.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
