@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_imagine(settings, args))
         if args.command == "doctor":
             return _doctor(settings)
+        if args.command == "worker":
+            return _worker(settings)
         from bot.app import run_bot, sync_commands  # imported late: the commands above need no Discord code
 
         if args.command == "sync":
@@ -55,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("run", help="run the Discord bot (the default)")
     commands.add_parser("doctor", help="check settings, GPU, weights, database and token")
+    commands.add_parser("worker", help="serve generation tasks from REDIS_URL (QUEUE_BACKEND=redis scale-out)")
     sync = commands.add_parser("sync", help="register the slash commands with Discord (globally by default)")
     sync.add_argument("--guild", type=int, help="register in this guild only (instant, for testing)")
     imagine = commands.add_parser("imagine", help="generate images locally, without Discord")
@@ -81,8 +84,8 @@ async def _imagine(settings: Settings, args: argparse.Namespace) -> int:
             guidance=args.guidance,
             seed=args.seed,
             count=args.count,
-            count_tokens=engine.pipes.count_tokens,
-            negative_has_effect=engine.pipes.negative_has_effect(args.guidance or 1.0),
+            count_tokens=engine.rules.count_tokens,
+            negative_has_effect=engine.rules.negative_has_effect(args.guidance or 1.0),
         )
         for notice in request.notices:
             print(f"note: {notice}")
@@ -101,6 +104,17 @@ def _doctor(settings: Settings) -> int:
     for check in checks:
         print(f"[{'ok' if check.ok else 'FAIL'}] {check.name}: {check.detail}")
     return 0 if all(check.ok for check in checks) else 1
+
+
+def _worker(settings: Settings) -> int:
+    try:
+        from bot.queue.worker import run_worker
+    except ImportError as exc:
+        print(
+            f"lcm-bot: the worker needs the scale-out extra: pip install 'lcm-bot[scale-out]' ({exc})", file=sys.stderr
+        )
+        return 2
+    return run_worker(settings)
 
 
 if __name__ == "__main__":

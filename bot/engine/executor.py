@@ -68,6 +68,7 @@ class Job:
     user_id: Hashable
     future: asyncio.Future[JobResult]
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    key: str | None = None  # stable across restarts, unlike `id` (see `JobQueue.submit`)
     state: JobState = JobState.QUEUED
     submitted_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None
@@ -77,20 +78,20 @@ class Job:
         return await asyncio.shield(self.future)
 
 
-class Executor:
+class JobQueue:
+    """What every backend shares: admission (global and per-user caps), the fair queue, cancelling, position
+    and ETA, settling futures, metrics. Subclasses decide how queued jobs are run (`_serve`)."""
+
     def __init__(
         self,
-        runner: BatchRunner,
         *,
         model_name: str,
         max_batch_images: int,
         queue_max: int,
         user_max_pending: int,
         batch_timeout: float,
-        png_workers: int = 2,
         metrics: Metrics | None = None,
     ) -> None:
-        self._runner = runner
         self._model_name = model_name
         self.max_batch_images = max_batch_images
         self.queue_max = queue_max
@@ -101,25 +102,21 @@ class Executor:
         self._jobs: dict[str, Job] = {}
         self._wakeup = asyncio.Event()
         self._closing = False
-        self._stop_running = threading.Event()
-        self._gpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpu")
-        self._png = ThreadPoolExecutor(max_workers=png_workers, thread_name_prefix="png")
-        self._finishing: set[asyncio.Task[None]] = set()
         self._serve_task: asyncio.Task[None] | None = None
         self._seconds_per_image = INITIAL_SECONDS_PER_IMAGE
         self._batch_started_at = 0.0
         self.metrics = metrics or Metrics()
-        self.metrics.watch(queue_depth=lambda: self.queue_depth, workers=lambda: int(self.serving))
+        self.metrics.watch(queue_depth=lambda: self.queue_depth, workers=lambda: self.workers_alive)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._serve_task = asyncio.create_task(self._serve(), name="gpu-executor")
+        self._serve_task = asyncio.create_task(self._serve(), name="job-queue")
 
     async def close(self, *, drain: bool = False, timeout: float = 60.0) -> None:
         """Stop taking work. `drain` runs what is queued first; otherwise queued jobs fail with `ShuttingDown`.
 
-        The running batch gets `timeout` seconds to finish, then is interrupted between two steps.
+        What runs gets `timeout` seconds to finish, then `_stop` asks it to stop.
         """
         if self._closing:
             return
@@ -133,13 +130,18 @@ class Executor:
             try:
                 await asyncio.wait_for(asyncio.shield(self._serve_task), timeout)
             except TimeoutError:
-                self._stop_running.set()
+                self._stop()
                 await self._serve_task
-        if self._finishing:
-            await asyncio.gather(*self._finishing, return_exceptions=True)
-        # Both pools are idle now (the serve loop and the encoders have finished): never block the loop here.
-        self._gpu.shutdown(wait=False)
-        self._png.shutdown(wait=False)
+        await self._closed()
+
+    async def _serve(self) -> None:
+        raise NotImplementedError
+
+    def _stop(self) -> None:
+        """Ask what runs to stop early (close timed out)."""
+
+    async def _closed(self) -> None:
+        """Release what the backend holds, once nothing runs."""
 
     # -- submitting ------------------------------------------------------------------------------------------
 
@@ -156,9 +158,11 @@ class Executor:
                 "Send this one when one of them is done."
             )
 
-    def submit(self, request: GenerationRequest, user_id: Hashable) -> Job:
+    def submit(self, request: GenerationRequest, user_id: Hashable, *, key: str | None = None) -> Job:
+        """`key` names the job for good (its usage-log row): a job run again after a restart has the same key,
+        which lets a remote backend find a result that finished while the bot was down."""
         self.check_admission(user_id)
-        job = Job(request=request, user_id=user_id, future=asyncio.get_running_loop().create_future())
+        job = Job(request=request, user_id=user_id, future=asyncio.get_running_loop().create_future(), key=key)
         self._queue.push(user_id, job)
         self._jobs[job.id] = job
         self._wakeup.set()
@@ -187,6 +191,11 @@ class Executor:
         """The serve loop is alive: started, not closed, not crashed."""
         return self._serve_task is not None and not self._serve_task.done() and not self._closing
 
+    @property
+    def workers_alive(self) -> int:
+        """GPU workers that can take jobs: the local GPU thread while serving."""
+        return int(self.serving)
+
     def position(self, job: Job) -> int | None:
         """1 for the next job to run, 0 while running, None once finished."""
         if job.state is JobState.RUNNING:
@@ -210,7 +219,38 @@ class Executor:
                 break
         return remaining + ahead * self._seconds_per_image
 
-    # -- serving ---------------------------------------------------------------------------------------------
+    def _settle(self, job: Job, state: JobState, outcome: JobResult | Exception) -> None:
+        job.state = state
+        self._jobs.pop(job.id, None)
+        if job.future.done():
+            return
+        self.metrics.job_settled(state.value)
+        if isinstance(outcome, Exception):
+            job.future.set_exception(outcome)
+        else:
+            job.future.set_result(outcome)
+
+
+class Executor(JobQueue):
+    """The local backend: batches of compatible jobs on one GPU thread, PNG encoding on a small CPU pool."""
+
+    def __init__(self, runner: BatchRunner, *, png_workers: int = 2, **options: object) -> None:
+        super().__init__(**options)
+        self._runner = runner
+        self._stop_running = threading.Event()
+        self._gpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpu")
+        self._png = ThreadPoolExecutor(max_workers=png_workers, thread_name_prefix="png")
+        self._finishing: set[asyncio.Task[None]] = set()
+
+    def _stop(self) -> None:
+        self._stop_running.set()
+
+    async def _closed(self) -> None:
+        if self._finishing:
+            await asyncio.gather(*self._finishing, return_exceptions=True)
+        # Both pools are idle now (the serve loop and the encoders have finished): never block the loop here.
+        self._gpu.shutdown(wait=False)
+        self._png.shutdown(wait=False)
 
     async def _serve(self) -> None:
         while True:
@@ -309,17 +349,6 @@ class Executor:
             batch_images=batch_images,
         )
         self._settle(job, JobState.DONE, result)
-
-    def _settle(self, job: Job, state: JobState, outcome: JobResult | Exception) -> None:
-        job.state = state
-        self._jobs.pop(job.id, None)
-        if job.future.done():
-            return
-        self.metrics.job_settled(state.value)
-        if isinstance(outcome, Exception):
-            job.future.set_exception(outcome)
-        else:
-            job.future.set_result(outcome)
 
 
 def _as_user_facing(exc: Exception, job: Job) -> UserFacingError:

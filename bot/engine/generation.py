@@ -91,7 +91,7 @@ def _denoise(
         pipe,
         [request.prompt for request in requests for _ in request.seeds],
         [request.negative or "" for request in requests for _ in request.seeds],
-        with_negative=pipes.negative_has_effect(first.guidance),
+        with_negative=pipes.rules.negative_has_effect(first.guidance),
     )
 
     def on_step_end(pipe: DiffusionPipeline, step: int, timestep: object, tensors: dict) -> dict:

@@ -22,6 +22,7 @@ from diffusers import (
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
+from transformers import CLIPTokenizer
 
 from bot.engine.requests import Kind
 from bot.engine.text_embeddings import TextEmbeddingCache
@@ -36,6 +37,36 @@ log = logging.getLogger(__name__)
 
 class ModelUnavailable(Exception):
     """Weights cannot be loaded; the message says what to download or fix."""
+
+
+@dataclass(frozen=True)
+class PromptRules:
+    """What checking a request needs from the model, without its weights: its tokenizer and whether its UNet
+    takes guidance as an input. The scale-out bot (`QUEUE_BACKEND=redis`) checks requests with this alone and
+    never loads a pipeline."""
+
+    tokenizer: CLIPTokenizer
+    guidance_embedded: bool
+
+    @classmethod
+    def load(cls, settings: Settings) -> PromptRules:
+        """From the model folders or hub ids, reading only the tokenizer and the UNet's config."""
+        try:
+            tokenizer = CLIPTokenizer.from_pretrained(settings.model_base, subfolder="tokenizer")
+            unet_config = UNet2DConditionModel.load_config(settings.model_unet)
+        except (OSError, ValueError) as exc:
+            raise ModelUnavailable(
+                f"MODEL_BASE / MODEL_UNET: cannot read the tokenizer or UNet config ({exc})"
+            ) from exc
+        return cls(tokenizer=tokenizer, guidance_embedded=unet_config.get("time_cond_proj_dim") is not None)
+
+    def count_tokens(self, prompt: str) -> int:
+        """Tokens CLIP would see, start and end tokens included (compare with its 77-token window)."""
+        return len(self.tokenizer(prompt, truncation=False, verbose=False).input_ids)
+
+    def negative_has_effect(self, guidance: float) -> bool:
+        """A guidance-distilled UNet takes guidance as an input and never runs the negative branch."""
+        return guidance > 1 and not self.guidance_embedded
 
 
 @dataclass
@@ -56,13 +87,12 @@ class Pipelines:
     def for_kind(self, kind: Kind) -> DiffusionPipeline:
         return {Kind.IMAGINE: self.text2img, Kind.REMIX: self.img2img, Kind.INPAINT: self.inpaint}[kind]
 
-    def count_tokens(self, prompt: str) -> int:
-        """Tokens CLIP would see, start and end tokens included (compare with its 77-token window)."""
-        return len(self.text2img.tokenizer(prompt, truncation=False, verbose=False).input_ids)
-
-    def negative_has_effect(self, guidance: float) -> bool:
-        """A guidance-distilled UNet takes guidance as an input and never runs the negative branch."""
-        return guidance > 1 and self.text2img.unet.config.time_cond_proj_dim is None
+    @property
+    def rules(self) -> PromptRules:
+        return PromptRules(
+            tokenizer=self.text2img.tokenizer,
+            guidance_embedded=self.text2img.unet.config.time_cond_proj_dim is not None,
+        )
 
 
 def resolve_device(setting: str) -> torch.device:

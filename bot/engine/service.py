@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import torch
 
 from bot.engine.compiled import CompiledTwins, use_compile_cache
-from bot.engine.executor import Executor
+from bot.engine.executor import Executor, JobQueue
 from bot.engine.generation import generate, render, warm_up
-from bot.engine.pipelines import Pipelines, load_pipelines
+from bot.engine.pipelines import Pipelines, PromptRules, load_pipelines
 from bot.engine.requests import Kind, bucket_sizes, check_inputs
 from bot.settings import Settings
 
@@ -36,9 +36,13 @@ GIB_DECODE_RESERVE = 4.0
 
 @dataclass
 class Engine:
-    pipes: Pipelines
-    executor: Executor
+    """What the bot talks to: the queue of jobs, the size buckets, and the rules for checking a request.
+    `pipes` is None when the pipelines live in remote workers (`QUEUE_BACKEND=redis`)."""
+
+    rules: PromptRules
+    executor: JobQueue
     buckets: dict[str, tuple[int, int]]
+    pipes: Pipelines | None = None
 
 
 def choose_batch_images(settings: Settings, device: torch.device) -> int:
@@ -88,6 +92,16 @@ def freeze_loaded_objects() -> None:
 
 @contextlib.asynccontextmanager
 async def open_engine(settings: Settings, *, drain_on_close: bool = False) -> AsyncIterator[Engine]:
+    """The local engine (pipelines on this machine), or with `QUEUE_BACKEND=redis` the bot's side of the
+    scale-out: the same queue, dispatching to Celery workers, and no model weights at all."""
+    buckets = bucket_sizes(settings.base_resolution)
+    if settings.queue_backend == "redis":
+        from bot.queue.remote import open_remote_executor  # Celery is an optional dependency
+
+        rules = await asyncio.to_thread(PromptRules.load, settings)
+        async with open_remote_executor(settings, drain_on_close=drain_on_close) as executor:
+            yield Engine(rules=rules, executor=executor, buckets=buckets)
+        return
     pipes, batch_images = await asyncio.to_thread(load_engine, settings)
     executor = Executor(
         functools.partial(generate, pipes),
@@ -99,6 +113,6 @@ async def open_engine(settings: Settings, *, drain_on_close: bool = False) -> As
     )
     executor.start()
     try:
-        yield Engine(pipes=pipes, executor=executor, buckets=bucket_sizes(settings.base_resolution))
+        yield Engine(rules=pipes.rules, executor=executor, buckets=buckets, pipes=pipes)
     finally:
         await executor.close(drain=drain_on_close)

@@ -70,14 +70,14 @@ class JobFlow:
             await asyncio.wait(self._flows, timeout=timeout)
 
     def check(self, kind: Kind, prompt: str, **options: object) -> CheckedOptions:
-        pipes = self.bot.engine.pipes
+        rules = self.bot.engine.rules
         guidance = options.get("guidance")
         return check_options(
             kind,
             prompt,
             buckets=self.bot.engine.buckets,
-            count_tokens=pipes.count_tokens,
-            negative_has_effect=pipes.negative_has_effect(DEFAULT_GUIDANCE if guidance is None else guidance),
+            count_tokens=rules.count_tokens,
+            negative_has_effect=rules.negative_has_effect(DEFAULT_GUIDANCE if guidance is None else guidance),
             **options,
         )
 
@@ -146,7 +146,7 @@ class JobFlow:
             request = await self._build_request(options, image, mask)
             await usage.queued(request)
             await self._remember(usage, target, interaction.user.display_name, request)
-            job = executor.submit(request, interaction.user.id)
+            job = executor.submit(request, interaction.user.id, key=str(usage.row))
         except UserFacingError as exc:
             await usage.rejected(exc)
             if usage.row is not None:
@@ -293,7 +293,7 @@ class JobFlow:
         request = None
         try:
             request = await asyncio.to_thread(self._rebuild, pending)
-            job = self.bot.engine.executor.submit(request, pending.user_id)
+            job = self.bot.engine.executor.submit(request, pending.user_id, key=str(pending.request_id))
             outcome: JobResult | UserFacingError = await job.result()
         except UserFacingError as exc:  # e.g. the settings changed so that it is no longer valid
             outcome = exc

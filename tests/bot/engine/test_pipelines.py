@@ -27,13 +27,13 @@ def test_vae_never_upcasts_per_call(pipes: Pipelines) -> None:
 
 
 def test_guidance_distilled_unet_ignores_negatives(pipes: Pipelines) -> None:
-    assert not pipes.negative_has_effect(1.0)
-    assert not pipes.negative_has_effect(2.0)
+    assert not pipes.rules.negative_has_effect(1.0)
+    assert not pipes.rules.negative_has_effect(2.0)
 
 
 def test_count_tokens_includes_start_and_end(pipes: Pipelines) -> None:
-    assert pipes.count_tokens("ab") == 4  # the tiny vocabulary has no merges: one token per character
-    assert pipes.count_tokens("x" * 100) == 102
+    assert pipes.rules.count_tokens("ab") == 4  # the tiny vocabulary has no merges: one token per character
+    assert pipes.rules.count_tokens("x" * 100) == 102
 
 
 def test_missing_local_folder_says_which_setting(settings: Settings, tmp_path) -> None:

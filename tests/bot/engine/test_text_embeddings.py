@@ -81,7 +81,7 @@ def test_embeddings_equal_the_pipelines_own_encoding(pipes: Pipelines, buckets) 
 def test_negative_embeddings_follow_the_negative_prompt(settings: Settings, tiny_model, buckets) -> None:
     """A UNet without guidance embedding runs a negative branch: the cache keys and encodes negatives too."""
     plain = load_pipelines(settings.model_copy(update={"model_unet": str(tiny_model.base / "unet")}))
-    assert plain.negative_has_effect(1.5)
+    assert plain.rules.negative_has_effect(1.5)
     size = buckets["1:1"]
     cache = TextEmbeddingCache()
     with_blur = cache.pipeline_inputs(plain.text2img, ["a fox"], ["blurry"], with_negative=True)

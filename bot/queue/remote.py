@@ -1,0 +1,190 @@
+"""The bot's side of `QUEUE_BACKEND=redis`: the same fair queue and caps as the local executor, dispatching
+each job as one Celery task and collecting its result, without ever blocking the event loop.
+
+- Fairness holds across workers because jobs leave the bot's fair queue only as fast as the workers can take
+  them: at most (batch size + 1) tasks per live worker are in Redis at once; the rest wait here, in turn.
+- Redis down: publishing fails, the job goes back to the queue and is sent again later; the bot keeps
+  accepting meanwhile (every job is in its database anyway). When Redis answers again after an outage, every
+  job in flight is sent again under the same task id: a task lost with Redis runs again, and one that was not
+  lost finishes once more into the same result key. The bot takes one result per job, so each is delivered once.
+- A restarted bot submits its unfinished jobs under their old names; a result that finished while it was down
+  is collected instead of generated again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+
+from celery import Celery
+from celery.result import AsyncResult
+
+from bot.engine.executor import ETA_SMOOTHING, Job, JobQueue, JobState
+from bot.errors import GenerationFailed, InvalidImage, InvalidRequest, ShuttingDown, UserFacingError
+from bot.queue.celery_app import GENERATE_TASK, make_celery
+from bot.queue.payloads import request_to_payload, result_from_payload
+from bot.settings import Settings
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.1  # how often finished results are collected
+PING_SECONDS = 5.0  # how often live workers are counted
+RETRY_SECONDS = 1.0  # pause after Redis refused a message
+ERRORS_BY_CODE: dict[str, type[UserFacingError]] = {
+    error.code: error for error in (InvalidRequest, InvalidImage, GenerationFailed)
+}
+
+
+def task_id_for(job: Job) -> str:
+    return f"lcm-bot-{job.key or job.id}"
+
+
+class RemoteExecutor(JobQueue):
+    def __init__(self, app: Celery, **options: object) -> None:
+        super().__init__(**options)
+        self._app = app
+        self._in_flight: dict[str, Job] = {}
+        self._workers = 0
+        self._redis_lost = False
+        self._io = ThreadPoolExecutor(max_workers=2, thread_name_prefix="redis")  # blocking Redis calls
+
+    @property
+    def workers_alive(self) -> int:
+        return self._workers
+
+    def _capacity(self) -> int:
+        return max(1, self._workers) * (self.max_batch_images + 1)
+
+    # -- serving ---------------------------------------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        watcher = asyncio.create_task(self._watch(), name="redis-results")
+        try:
+            while not self._closing or len(self._queue):
+                while len(self._queue) and len(self._in_flight) < self._capacity() and not self._redis_lost:
+                    [job] = self._queue.take(user_of=lambda item: item.user_id, fits=lambda batch, item: False)
+                    if not await self._dispatch(job):
+                        self._queue.push(job.user_id, job)
+                        await asyncio.sleep(RETRY_SECONDS)
+                        break
+                self._wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), PING_SECONDS)
+        finally:
+            watcher.cancel()
+
+    async def _dispatch(self, job: Job) -> bool:
+        """Publish the job as a task (or find its finished result); False when Redis refused it."""
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._io, self._publish, job)
+        except Exception as exc:  # kombu and redis raise many kinds of connection errors
+            log.warning("job %s: Redis refused the task (%s); it stays queued", job.id, exc)
+            return False
+        now = time.monotonic()
+        if job.started_at is None:
+            self.metrics.job_started(now - job.submitted_at)
+        job.state, job.started_at = JobState.RUNNING, now
+        self._running.append(job)
+        self._in_flight[task_id_for(job)] = job
+        return True
+
+    def _publish(self, job: Job) -> None:
+        task_id = task_id_for(job)
+        if AsyncResult(task_id, app=self._app).state == "SUCCESS":
+            return  # finished while the bot was away: `_watch` collects it
+        self._app.send_task(GENERATE_TASK, args=[request_to_payload(job.request)], task_id=task_id)
+
+    def _republish(self) -> None:
+        for job in list(self._in_flight.values()):
+            self._publish(job)
+
+    async def _watch(self) -> None:
+        """Collect finished results, count live workers, and resend what was in flight after a Redis outage."""
+        loop = asyncio.get_running_loop()
+        next_ping = 0.0
+        while True:
+            await asyncio.sleep(POLL_SECONDS)
+            try:
+                if time.monotonic() >= next_ping:
+                    self._workers = await loop.run_in_executor(self._io, self._count_workers)
+                    next_ping = time.monotonic() + PING_SECONDS
+                if self._redis_lost:
+                    await loop.run_in_executor(self._io, self._republish)
+                    log.warning("Redis is back; %d jobs in flight were sent again", len(self._in_flight))
+                    self._redis_lost = False
+                    self._wakeup.set()
+                finished = await loop.run_in_executor(self._io, self._finished, list(self._in_flight))
+            except Exception as exc:
+                if not self._redis_lost:
+                    log.warning("Redis is unreachable (%s); jobs wait until it is back", exc)
+                self._redis_lost, self._workers = True, 0
+                continue
+            for task_id, outcome in finished.items():
+                self._complete(task_id, outcome)
+            if finished:
+                self._wakeup.set()
+
+    def _count_workers(self) -> int:
+        return len(self._app.control.ping(timeout=0.5))
+
+    def _finished(self, task_ids: list[str]) -> dict[str, object]:
+        outcomes = {}
+        for task_id in task_ids:
+            result = AsyncResult(task_id, app=self._app)
+            if result.state == "SUCCESS":
+                outcomes[task_id] = result.result
+            elif result.state == "FAILURE":
+                outcomes[task_id] = {"error": {"code": "generation_failed", "message": "The worker failed."}}
+        return outcomes
+
+    def _complete(self, task_id: str, outcome: object) -> None:
+        job = self._in_flight.pop(task_id, None)
+        if job is None:
+            return
+        self._running.remove(job)
+        if isinstance(outcome, dict) and "error" in outcome:
+            error = outcome["error"]
+            self._settle(job, JobState.FAILED, ERRORS_BY_CODE.get(error.get("code"), GenerationFailed)(
+                str(error.get("message", "Generation failed."))
+            ))  # fmt: skip
+            return
+        try:
+            result = result_from_payload(outcome)
+        except (KeyError, TypeError, ValueError):
+            self._settle(job, JobState.FAILED, GenerationFailed("A worker sent back a broken result."))
+            return
+        per_image = result.generation_time / max(1, result.batch_images)
+        self._seconds_per_image += ETA_SMOOTHING * (per_image - self._seconds_per_image)
+        self.metrics.batch_done(len(result.images), result.generation_time)
+        self._settle(job, JobState.DONE, result)
+
+    async def _closed(self) -> None:
+        """Jobs still in Redis stay recorded; the next start submits them under the same names and collects
+        whatever finished meanwhile."""
+        for job in list(self._in_flight.values()):
+            self._settle(job, JobState.FAILED, ShuttingDown("The bot restarted while this was being made."))
+        self._in_flight.clear()
+        self._running.clear()
+        self._io.shutdown(wait=False)
+
+
+@contextlib.asynccontextmanager
+async def open_remote_executor(settings: Settings, *, drain_on_close: bool = False) -> AsyncIterator[RemoteExecutor]:
+    executor = RemoteExecutor(
+        make_celery(settings),
+        model_name=settings.model_unet,
+        max_batch_images=settings.max_batch_images or 8,
+        queue_max=settings.queue_max,
+        user_max_pending=settings.user_max_pending,
+        batch_timeout=settings.batch_timeout,
+    )
+    executor.start()
+    try:
+        yield executor
+    finally:
+        await executor.close(drain=drain_on_close)

@@ -1,0 +1,95 @@
+"""`lcm-bot worker`: a GPU worker for `QUEUE_BACKEND=redis`. Loads the pipeline once and serves Celery tasks.
+
+Celery runs tasks on threads; each thread hands its job to the same local executor the embedded bot uses
+(on an event loop of its own), so the jobs a worker holds at once are batched together. The worker holds one
+task more than a batch, so the next job is already waiting when a batch ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import socket
+import threading
+import uuid
+
+from celery import Task
+
+from bot.engine.executor import Executor, JobResult
+from bot.engine.generation import generate
+from bot.engine.pipelines import Pipelines
+from bot.engine.requests import GenerationRequest, bucket_sizes
+from bot.engine.service import load_engine
+from bot.errors import UserFacingError
+from bot.metrics import Health, serve_metrics
+from bot.queue.celery_app import GENERATE_TASK, make_celery
+from bot.queue.payloads import request_from_payload, result_to_payload
+from bot.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def run_worker(settings: Settings) -> int:
+    pipes, batch_images = load_engine(settings)
+    buckets = bucket_sizes(settings.base_resolution)
+    threads = batch_images + 1
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, name="worker-loop", daemon=True).start()
+    opened = asyncio.run_coroutine_threadsafe(_open_services(settings, pipes, batch_images, threads), loop)
+    executor, services = opened.result()
+
+    app = make_celery(settings)
+    name = f"lcm-worker-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
+
+    @app.task(name=GENERATE_TASK, bind=True)
+    def generate_task(task: Task, payload: object) -> dict[str, object]:
+        task_id = task.request.id
+        try:
+            request = request_from_payload(payload, buckets)
+            result = asyncio.run_coroutine_threadsafe(_run(executor, request, task_id), loop).result()
+        except UserFacingError as exc:
+            log.warning("task %s: %s", task_id, exc)
+            return {"error": {"code": exc.code, "message": str(exc)}}
+        return {**result_to_payload(result), "worker": name}
+
+    log.info("worker %s on %s: %d threads, batches of up to %d", name, settings.redis_url, threads, batch_images)
+    try:
+        app.worker_main(
+            ["worker", "--pool=threads", f"--concurrency={threads}", "--without-gossip", "--without-mingle",
+             f"--hostname={name}", f"--loglevel={settings.log_level}"]
+        )  # fmt: skip
+    finally:
+        asyncio.run_coroutine_threadsafe(services.aclose(), loop).result(120)
+        loop.call_soon_threadsafe(loop.stop)
+    return 0
+
+
+async def _open_services(
+    settings: Settings, pipes: Pipelines, batch_images: int, threads: int
+) -> tuple[Executor, contextlib.AsyncExitStack]:
+    """The executor (one batch at a time on the GPU thread) and, with `METRICS_PORT`, metrics and health."""
+    services = contextlib.AsyncExitStack()
+    executor = Executor(
+        functools.partial(generate, pipes),
+        model_name=pipes.model_name,
+        max_batch_images=batch_images,
+        queue_max=threads,
+        user_max_pending=1,  # each task is its own "user": fairness was applied by the bot
+        batch_timeout=settings.batch_timeout,
+    )
+    executor.start()
+    services.push_async_callback(executor.close)
+    if settings.metrics_port is not None:
+        health = functools.partial(_health, executor)
+        await services.enter_async_context(serve_metrics(settings.metrics_port, executor.metrics, health))
+    return executor, services
+
+
+def _health(executor: Executor) -> Health:
+    return Health(ok=executor.serving, detail={"engine": executor.serving, "queue_depth": executor.queue_depth})
+
+
+async def _run(executor: Executor, request: GenerationRequest, task_id: str) -> JobResult:
+    return await executor.submit(request, user_id=task_id).result()
