@@ -1,0 +1,234 @@
+"""The scale-out for real: a redis-server on 127.0.0.1, `lcm-bot worker` processes on the tiny model, and the
+bot's `RemoteExecutor`. `.ci/run` installs redis-server where it is missing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from celery.result import AsyncResult
+
+from bot.engine.requests import Kind, check_inputs
+from bot.queue.celery_app import GENERATE_TASK, make_celery
+from bot.queue.remote import RemoteExecutor, open_remote_executor, task_id_for
+from bot.settings import Settings
+from tests.support.bot_process import REPOSITORY
+from tests.support.tiny_model import TinyModel
+
+pytestmark = pytest.mark.timeout(300)
+VISIBILITY_TIMEOUT = 3
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class RedisServer:
+    def __init__(self, folder: Path) -> None:
+        self.port, self.folder = free_port(), folder
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.process = subprocess.Popen([*command, "--dir", str(self.folder)], stdout=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(redis.ConnectionError):
+                if client.ping():
+                    return
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    assert shutil.which("redis-server"), "redis-server is missing (`.ci/run` installs it)"
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def settings_for(tiny_model: TinyModel, redis_server: RedisServer) -> Settings:
+    return Settings(
+        model_base=str(tiny_model.base),
+        model_unet=str(tiny_model.lcm_unet),
+        base_resolution=256,
+        device="cpu",
+        max_batch_images=2,
+        queue_backend="redis",
+        redis_url=redis_server.url,
+        redis_visibility_timeout=VISIBILITY_TIMEOUT,
+        user_max_pending=20,
+        _env_file=None,
+    )
+
+
+class Workers:
+    """`lcm-bot worker` processes, started and killed on demand."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.app = make_celery(settings)
+        self.processes: list[subprocess.Popen] = []
+
+    def start(self) -> subprocess.Popen:
+        environment = {
+            **os.environ,
+            "PYTHONPATH": str(REPOSITORY),
+            "HF_HUB_OFFLINE": "1",
+            "LOG_LEVEL": "WARNING",
+            **{name.upper(): str(value) for name, value in self.settings.model_dump().items() if value is not None},
+        }
+        environment.pop("DISCORD_TOKEN", None)
+        environment["LIMIT_EXEMPT_ROLES"] = "[]"
+        process = subprocess.Popen([sys.executable, "-m", "bot", "worker"], cwd=REPOSITORY, env=environment)
+        self.processes.append(process)
+        expected = sum(1 for running in self.processes if running.poll() is None)
+        deadline = time.monotonic() + 120
+        while len(self.app.control.ping(timeout=0.5)) < expected:
+            assert process.poll() is None, "the worker exited at start"
+            assert time.monotonic() < deadline, "the worker did not come up"
+        return process
+
+    def close(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(30)
+            if process.poll() is None:
+                process.kill()
+
+
+@pytest.fixture
+def workers(settings_for: Settings) -> Iterator[Workers]:
+    started = Workers(settings_for)
+    yield started
+    started.close()
+
+
+@pytest.fixture
+async def remote(settings_for: Settings) -> AsyncIterator[RemoteExecutor]:
+    async with open_remote_executor(settings_for) as executor:
+        yield executor
+
+
+def worker_of(executor: RemoteExecutor, job) -> str:
+    return AsyncResult(task_id_for(job), app=executor._app).result["worker"]
+
+
+async def test_jobs_spread_over_two_workers(workers: Workers, remote: RemoteExecutor, buckets) -> None:
+    await asyncio.to_thread(workers.start)
+    await asyncio.to_thread(workers.start)
+    jobs = [
+        remote.submit(check_inputs(Kind.IMAGINE, f"fox {n}", buckets=buckets, steps=2, seed=n), user_id=n % 4)
+        for n in range(12)
+    ]
+    results = await asyncio.wait_for(asyncio.gather(*(job.result() for job in jobs)), 180)
+    assert all(len(result.images) == 1 and result.images[0].startswith(b"\x89PNG") for result in results)
+    assert len({worker_of(remote, job) for job in jobs}) == 2
+    await asyncio.wait_for(_until(lambda: remote.workers_alive == 2), 15)  # counted every few seconds
+
+
+async def test_a_worker_killed_mid_job_leaves_it_to_another(
+    workers: Workers, remote: RemoteExecutor, redis_server: RedisServer, buckets
+) -> None:
+    first = await asyncio.to_thread(workers.start)
+    request = check_inputs(Kind.IMAGINE, "a slow fox", buckets=buckets, steps=8, count=2)
+    job = remote.submit(request, user_id=1)
+    queue = redis.Redis.from_url(redis_server.url)
+    await asyncio.wait_for(_until(lambda: job.state.value == "running" and queue.llen("celery") == 0), 30)
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+    assert AsyncResult(task_id_for(job), app=remote._app).state != "SUCCESS", "the job ended before the kill"
+    await asyncio.to_thread(workers.start)
+    result = await asyncio.wait_for(job.result(), 120)
+    assert len(result.images) == 2
+    assert remote.metrics.jobs.labels(status="done")._value.get() == 1
+
+
+async def test_redis_restarting_mid_run_loses_nothing(
+    workers: Workers, remote: RemoteExecutor, redis_server: RedisServer, buckets
+) -> None:
+    await asyncio.to_thread(workers.start)
+    jobs = [
+        remote.submit(check_inputs(Kind.IMAGINE, f"owl {n}", buckets=buckets, steps=4, seed=n), user_id=n)
+        for n in range(6)
+    ]
+    await asyncio.sleep(0.3)
+    redis_server.stop()  # without persistence: every message and result in it is gone
+    more = remote.submit(check_inputs(Kind.IMAGINE, "while redis is down", buckets=buckets, steps=1), user_id=9)
+    await asyncio.sleep(2)
+    redis_server.start()
+    results = await asyncio.wait_for(asyncio.gather(*(job.result() for job in [*jobs, more])), 240)
+    assert [len(result.images) for result in results] == [1] * 7
+
+
+async def test_a_tampered_payload_is_refused_not_run(
+    workers: Workers, remote: RemoteExecutor, buckets, tmp_path: Path
+) -> None:
+    await asyncio.to_thread(workers.start)
+    marker = tmp_path / "pwned"
+    remote._app.send_task(GENERATE_TASK, args=[MakesADirectory(marker)], serializer="pickle", task_id="tampered")
+    job = remote.submit(check_inputs(Kind.IMAGINE, "after the attack", buckets=buckets, steps=1), user_id=1)
+    assert len((await asyncio.wait_for(job.result(), 120)).images) == 1
+    assert not marker.exists()
+    assert AsyncResult("tampered", app=remote._app).state != "SUCCESS"
+
+
+async def test_a_restarted_bot_collects_what_finished_while_it_was_down(
+    workers: Workers, settings_for: Settings, buckets
+) -> None:
+    worker = await asyncio.to_thread(workers.start)
+    request = check_inputs(Kind.IMAGINE, "a patient fox", buckets=buckets, steps=2, seed=3)
+    async with open_remote_executor(settings_for) as first:
+        job = first.submit(request, user_id=1, key="request-17")
+        await _until(lambda: job.state.value == "running")
+    # the bot is down; the worker finishes the job, then goes away too
+    task = AsyncResult(task_id_for(job), app=workers.app)
+    await asyncio.wait_for(_until(lambda: task.state == "SUCCESS"), 60)
+    worker.terminate()
+    worker.wait(30)
+    async with open_remote_executor(settings_for) as second:
+        again = second.submit(request, user_id=1, key="request-17")
+        result = await asyncio.wait_for(again.result(), 30)
+    assert result.seeds == (3,) and len(result.images) == 1
+
+
+class MakesADirectory:
+    """Unpickling this creates a directory: proof of code execution if a worker ever unpickles it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple:
+        return (os.mkdir, (str(self.path),))
+
+
+async def _until(condition) -> None:
+    while not condition():
+        await asyncio.sleep(0.02)
