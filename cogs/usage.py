@@ -1,4 +1,5 @@
-"""/history (your recent generations, with Run again) and /stats (the server's usage, for its managers)."""
+"""/history (your recent generations, with Run again), /queue (how busy the GPUs are) and /stats (the server's
+usage, for its managers)."""
 
 from __future__ import annotations
 
@@ -50,8 +51,19 @@ class UsageCog(commands.Cog):
         if not interaction.permissions.manage_guild:  # default_permissions is only a default owners can change
             raise NotAllowed("Only members who can manage this server can see its statistics.")
         stats = await self.bot.usage.stats(interaction.guild_id or 0)
-        embed = stats_embed(stats, queue_depth=self.bot.engine.executor.queue_depth)
+        executor = self.bot.engine.executor
+        embed = stats_embed(stats, queue_depth=executor.queue_depth, workers=executor.workers_alive)
         await interaction.response.send_message(embed=embed, ephemeral=True)
+
+    @app_commands.command(name="queue")
+    @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)
+    async def queue(self, interaction: discord.Interaction) -> None:
+        """How many requests are waiting, how many GPU workers serve them, and how many of them are yours."""
+        executor = self.bot.engine.executor
+        await interaction.response.send_message(
+            queue_text(executor.queue_depth, executor.workers_alive, executor.pending_for(interaction.user.id)),
+            ephemeral=True,
+        )
 
     async def run_again(self, interaction: discord.Interaction, entry_id: int) -> None:
         entry = await self.bot.usage.entry(entry_id)
@@ -92,10 +104,17 @@ def history_embed(entries: list[HistoryEntry]) -> discord.Embed:
     return discord.Embed(title="Your recent generations", description="\n".join(lines), colour=COLOUR)
 
 
-def stats_embed(stats: GuildStats, *, queue_depth: int) -> discord.Embed:
+def queue_text(waiting: int, workers: int, yours: int) -> str:
+    lines = [f"{waiting} {_plural(waiting, 'request')} waiting; {_workers(workers)}."]
+    if yours:
+        lines.append(f"{yours} of the requests waiting or running are yours.")
+    return "\n".join(lines)
+
+
+def stats_embed(stats: GuildStats, *, queue_depth: int, workers: int) -> discord.Embed:
     embed = discord.Embed(title="Image generation on this server", colour=COLOUR)
     embed.add_field(name="Images", value=f"{stats.images_today} today, {stats.images_week} in 7 days")
-    embed.add_field(name="Queue now", value=f"{queue_depth} waiting")
+    embed.add_field(name="Queue now", value=f"{queue_depth} waiting; {_workers(workers)}")
     top = "\n".join(f"<@{user}>: {images}" for user, images in stats.top_users) or "nobody yet"
     embed.add_field(name="Top users (7 days)", value=top, inline=False)
     embed.add_field(name="Wait p50 / p95", value=f"{_seconds(stats.wait_p50)} / {_seconds(stats.wait_p95)}")
@@ -105,6 +124,14 @@ def stats_embed(stats: GuildStats, *, queue_depth: int) -> discord.Embed:
     refused = "\n".join(f"{reason}: {count}" for reason, count in stats.rejections) or "none"
     embed.add_field(name="Refused requests (7 days)", value=refused, inline=False)
     return embed
+
+
+def _workers(count: int) -> str:
+    return f"{count} GPU {_plural(count, 'worker')} online" if count else "no GPU worker online right now"
+
+
+def _plural(count: int, noun: str) -> str:
+    return noun if count == 1 else f"{noun}s"
 
 
 def _seconds(value: float | None) -> str:

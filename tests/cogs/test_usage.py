@@ -86,5 +86,22 @@ async def test_stats_are_for_server_managers(fake: FakeDiscord, start_bot, tmp_p
     fields = {field["name"]: field["value"] for field in shown.original.embeds[0]["fields"]}
     assert shown.original.ephemeral
     assert fields["Images"] == "3 today, 3 in 7 days"
+    assert fields["Queue now"] == "0 waiting; 1 GPU worker online"
     assert fields["Top users (7 days)"] == f"<@{member}>: 3"
     assert "not_allowed" not in fields["Refused requests (7 days)"]
+
+
+async def test_queue_shows_waiting_requests_workers_and_your_share(fake: FakeDiscord, start_bot, pipes) -> None:
+    runner = RecordingRunner(pipes)
+    runner.gate.clear()
+    await start_bot(runner=runner, max_batch_images=1)
+    ada, bo = fake.add_user("ada"), fake.add_user("bo")
+    for user, prompt in ((ada, "first"), (ada, "second"), (bo, "third")):
+        await fake.run_command(user, "imagine", {"prompt": prompt})
+    await fake.wait_for(runner.waiting.is_set)
+    try:
+        assert await ephemeral_reply(fake, await fake.run_command(ada, "queue")) == (
+            "2 requests waiting; 1 GPU worker online.\n2 of the requests waiting or running are yours."
+        )
+    finally:
+        runner.gate.set()
