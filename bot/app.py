@@ -33,7 +33,7 @@ from cogs.utils.buttons import DYNAMIC_ITEMS
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.generate", "cogs.usage", "cogs.guild_settings", "cogs.prompts")
+EXTENSIONS = ("cogs.generate", "cogs.usage", "cogs.guild_settings", "cogs.prompts", "cogs.styles")
 SHUTDOWN_GRACE = 30.0  # seconds for the running batch and deliveries to finish on SIGTERM
 
 

@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     queue_backend: Literal["local", "redis"] = "local"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_visibility_timeout: float = Field(default=300.0, gt=0)
+    styles_file: Path | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 

@@ -21,6 +21,7 @@ from bot.engine.requests import (
 )
 from bot.errors import InvalidRequest, NotAllowed
 from bot.tree import report_error
+from cogs.styles import style_choices
 from cogs.utils.jobs import JobFlow
 from cogs.utils.results import ResultState
 
@@ -33,12 +34,14 @@ Prompt = app_commands.Range[str, 1, PROMPT_MAX_CHARS]
 Steps = app_commands.Range[int, 1, 8]
 Seed = app_commands.Range[int, 0, SEED_MAX]
 Strength = app_commands.Range[float, 0.05, 1.0]
+StyleName = app_commands.Range[str, 1, 32]
 
 OPTION_HELP = {
     "prompt": "What to draw",
     "negative": "What to avoid (only used when guidance is above 1)",
     "steps": "Denoising steps, 1 to 8 (default 4)",
     "seed": "Seed for reproducible results (random when empty)",
+    "style": "A named style of this bot (see /styles)",
 }
 
 
@@ -72,6 +75,7 @@ class GenerateCog(commands.Cog):
         count="How many images, 1 to 4 (default 1)",
     )
     @app_commands.choices(aspect=ASPECT_CHOICES)
+    @app_commands.autocomplete(style=style_choices)
     async def imagine(
         self,
         interaction: discord.Interaction,
@@ -82,9 +86,11 @@ class GenerateCog(commands.Cog):
         guidance: app_commands.Range[float, 0.0, 2.0] | None = None,
         seed: Seed | None = None,
         count: app_commands.Range[int, 1, 4] | None = None,
+        style: StyleName | None = None,
     ) -> None:
         """Turn a text prompt into images."""
         values = dict(prompt=prompt, negative=negative, aspect=aspect, steps=steps, guidance=guidance, seed=seed)
+        values["style"] = style
         await self.flow.run_job(interaction, Kind.IMAGINE, values | {"count": count})
 
     @everywhere
@@ -94,6 +100,7 @@ class GenerateCog(commands.Cog):
         image="The picture to start from",
         strength="How much to change it, 0.05 to 1 (default 0.6)",
     )
+    @app_commands.autocomplete(style=style_choices)
     async def remix(
         self,
         interaction: discord.Interaction,
@@ -103,9 +110,10 @@ class GenerateCog(commands.Cog):
         negative: Prompt | None = None,
         steps: Steps | None = None,
         seed: Seed | None = None,
+        style: StyleName | None = None,
     ) -> None:
         """Redraw a picture following a prompt."""
-        values = dict(prompt=prompt, negative=negative, steps=steps, seed=seed, strength=strength)
+        values = dict(prompt=prompt, negative=negative, steps=steps, seed=seed, strength=strength, style=style)
         await self.flow.run_job(interaction, Kind.REMIX, values, image=image)
 
     @everywhere
@@ -116,6 +124,7 @@ class GenerateCog(commands.Cog):
         mask="White where the picture should be repainted, black where it stays",
         strength="How much to change the masked part, 0.05 to 1 (default 1)",
     )
+    @app_commands.autocomplete(style=style_choices)
     async def inpaint(
         self,
         interaction: discord.Interaction,
@@ -126,9 +135,10 @@ class GenerateCog(commands.Cog):
         negative: Prompt | None = None,
         steps: Steps | None = None,
         seed: Seed | None = None,
+        style: StyleName | None = None,
     ) -> None:
         """Repaint part of a picture following a prompt."""
-        values = dict(prompt=prompt, negative=negative, steps=steps, seed=seed, strength=strength)
+        values = dict(prompt=prompt, negative=negative, steps=steps, seed=seed, strength=strength, style=style)
         await self.flow.run_job(interaction, Kind.INPAINT, values, image=image, mask=mask)
 
     # -- buttons and modal -----------------------------------------------------------------------------------

@@ -76,6 +76,7 @@ class CompiledTwins:
         self.pipes = assemble_pipelines(
             text2img, eager.device, model_name=eager.model_name, embeddings=eager.embeddings
         )
+        self.pipes.styles = eager.styles  # templates only: batches with a LoRA style run eager (generation.py)
         self.compile_seconds: float | None = None
         self.batches_served = 0
         self._ready = threading.Event()

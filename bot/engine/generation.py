@@ -40,7 +40,7 @@ def generate(
     shape = BatchShape(images=sum(request.count for request in requests), width=first.width, height=first.height)
     try:
         images = None
-        if pipes.compiled is not None:
+        if pipes.compiled is not None and not pipes.styles.uses_adapter(first.style):
             images = pipes.compiled.serve(shape, lambda twins: render(twins, requests, should_stop))
         if images is None:
             images = render(pipes, requests, should_stop)
@@ -87,11 +87,17 @@ def _denoise(
         task_inputs["strength"] = first.strength
     if first.kind is Kind.INPAINT:
         task_inputs["mask_image"] = [request.mask for request in requests]
+    style = pipes.styles.style(first.style)
+    pipes.styles.activate(style)
+    prompts, negatives = [], []
+    for request in requests:
+        prompt, negative = (
+            (request.prompt, request.negative) if style is None else style.apply(request.prompt, request.negative)
+        )
+        prompts += [prompt] * request.count
+        negatives += [negative or ""] * request.count
     embeddings = pipes.embeddings.pipeline_inputs(
-        pipe,
-        [request.prompt for request in requests for _ in request.seeds],
-        [request.negative or "" for request in requests for _ in request.seeds],
-        with_negative=pipes.rules.negative_has_effect(first.guidance),
+        pipe, prompts, negatives, with_negative=pipes.rules.negative_has_effect(first.guidance), variant=first.style
     )
 
     def on_step_end(pipe: DiffusionPipeline, step: int, timestep: object, tensors: dict) -> dict:

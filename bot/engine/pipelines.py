@@ -8,7 +8,7 @@ go through the same `from_pretrained` calls, so the tests' tiny local model exer
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +24,7 @@ from diffusers import (
 )
 from transformers import CLIPTokenizer
 
+from bot.engine.adapters import StyleAdapters
 from bot.engine.requests import Kind
 from bot.engine.text_embeddings import TextEmbeddingCache
 from bot.engine.vae import LatentCodec
@@ -83,6 +84,7 @@ class Pipelines:
     model_name: str
     embeddings: TextEmbeddingCache
     compiled: CompiledTwins | None = None
+    styles: StyleAdapters = field(default_factory=StyleAdapters)
 
     def for_kind(self, kind: Kind) -> DiffusionPipeline:
         return {Kind.IMAGINE: self.text2img, Kind.REMIX: self.img2img, Kind.INPAINT: self.inpaint}[kind]

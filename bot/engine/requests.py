@@ -16,6 +16,7 @@ from typing import TypeVar
 from PIL import Image
 
 from bot.errors import InvalidRequest
+from bot.styles import StyleBook
 
 PROMPT_MAX_CHARS = 1000
 CLIP_WINDOW_TOKENS = 77
@@ -115,6 +116,7 @@ class GenerationRequest:
     init_image: Image.Image | None = None
     mask: Image.Image | None = None
     notices: tuple[str, ...] = field(default=())
+    style: str | None = None  # a name from the style book; applied on the GPU thread (bot.engine.generation)
 
     @property
     def count(self) -> int:
@@ -123,7 +125,7 @@ class GenerationRequest:
     @property
     def batch_key(self) -> tuple[object, ...]:
         """Requests with equal keys can share one pipeline call."""
-        return (self.kind, self.width, self.height, self.steps, self.guidance, self.strength)
+        return (self.kind, self.width, self.height, self.steps, self.guidance, self.strength, self.style)
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,7 @@ class CheckedOptions:
     strength: float
     seeds: tuple[int, ...]
     notices: tuple[str, ...]
+    style: str | None = None
 
     def to_request(
         self,
@@ -179,6 +182,7 @@ class CheckedOptions:
             init_image=init_image,
             mask=mask,
             notices=self.notices,
+            style=self.style,
         )
 
 
@@ -196,6 +200,8 @@ def check_options(
     strength: float | None = None,
     count_tokens: Callable[[str], int] | None = None,
     negative_has_effect: bool = True,
+    style: str | None = None,
+    styles: StyleBook | None = None,
 ) -> CheckedOptions:
     """Validate every option and fill in defaults. Raises `InvalidRequest` naming the option at fault."""
     notices: list[str] = []
@@ -230,6 +236,8 @@ def check_options(
             raise InvalidRequest(f"`aspect` must be one of {', '.join(buckets)}.")
     elif count != 1:
         raise InvalidRequest("`count` is only for `imagine`.")
+    if style is not None:
+        style = (styles or StyleBook()).get(style).name
     return CheckedOptions(
         kind=kind,
         prompt=prompt,
@@ -240,6 +248,7 @@ def check_options(
         strength=strength,
         seeds=tuple((seed + index) % (SEED_MAX + 1) for index in range(count)),
         notices=tuple(notices),
+        style=style,
     )
 
 

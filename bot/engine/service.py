@@ -12,16 +12,18 @@ import functools
 import gc
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
+from bot.engine.adapters import StyleAdapters
 from bot.engine.compiled import CompiledTwins, use_compile_cache
 from bot.engine.executor import Executor, JobQueue
 from bot.engine.generation import generate, render, warm_up
 from bot.engine.pipelines import Pipelines, PromptRules, load_pipelines
 from bot.engine.requests import Kind, bucket_sizes, check_inputs
 from bot.settings import Settings
+from bot.styles import StyleBook, StylesUnavailable, load_style_book
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ class Engine:
     executor: JobQueue
     buckets: dict[str, tuple[int, int]]
     pipes: Pipelines | None = None
+    styles: StyleBook = field(default_factory=StyleBook)
 
 
 def choose_batch_images(settings: Settings, device: torch.device) -> int:
@@ -60,6 +63,7 @@ def choose_batch_images(settings: Settings, device: torch.device) -> int:
 def load_engine(settings: Settings) -> tuple[Pipelines, int]:
     """Blocking part of start-up: load weights, warm up, pick the batch size (run it in a thread)."""
     pipes = load_pipelines(settings)
+    pipes.styles = StyleAdapters.load(pipes.text2img, read_style_book(settings))
     buckets = bucket_sizes(settings.base_resolution)
     smallest = min(buckets, key=lambda name: buckets[name][0] * buckets[name][1])
     warm_up(pipes, check_inputs(Kind.IMAGINE, "warm-up", buckets=buckets, aspect=smallest, steps=1, seed=0))
@@ -72,6 +76,15 @@ def load_engine(settings: Settings) -> tuple[Pipelines, int]:
         pipes.compiled.start(render)
     log.info("engine ready on %s; batches of up to %d images", pipes.device, batch_images)
     return pipes, batch_images
+
+
+def read_style_book(settings: Settings) -> StyleBook:
+    """The styles of `STYLES_FILE`; a broken file is one log line and no styles, never a failed start."""
+    try:
+        return load_style_book(settings.styles_file)
+    except StylesUnavailable as exc:
+        log.error("%s The bot runs without styles.", exc)
+        return StyleBook()
 
 
 def compile_enabled(settings: Settings, device: torch.device) -> bool:
@@ -100,7 +113,7 @@ async def open_engine(settings: Settings, *, drain_on_close: bool = False) -> As
 
         rules = await asyncio.to_thread(PromptRules.load, settings)
         async with open_remote_executor(settings, drain_on_close=drain_on_close) as executor:
-            yield Engine(rules=rules, executor=executor, buckets=buckets)
+            yield Engine(rules=rules, executor=executor, buckets=buckets, styles=read_style_book(settings))
         return
     pipes, batch_images = await asyncio.to_thread(load_engine, settings)
     executor = Executor(
@@ -113,6 +126,6 @@ async def open_engine(settings: Settings, *, drain_on_close: bool = False) -> As
     )
     executor.start()
     try:
-        yield Engine(rules=pipes.rules, executor=executor, buckets=buckets, pipes=pipes)
+        yield Engine(rules=pipes.rules, executor=executor, buckets=buckets, pipes=pipes, styles=pipes.styles.book)
     finally:
         await executor.close(drain=drain_on_close)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from diffusers import StableDiffusionXLPipeline
 
+CacheKey = tuple[str, str | None, str | None]  # prompt, negative (when used), style variant
 DEFAULT_CAPACITY = 64  # about 20 MB of half-precision embeddings at SDXL's sizes
 
 
@@ -34,7 +35,7 @@ class TextEmbeddingCache:
 
     def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
         self.capacity = capacity
-        self._entries: OrderedDict[tuple[str, str | None], Embedding] = OrderedDict()
+        self._entries: OrderedDict[CacheKey, Embedding] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -46,10 +47,13 @@ class TextEmbeddingCache:
         negatives: Sequence[str],
         *,
         with_negative: bool,
+        variant: str | None = None,
     ) -> dict[str, torch.Tensor]:
-        """`prompt_embeds` and friends for one pipeline call, one row per image."""
+        """`prompt_embeds` and friends for one pipeline call, one row per image. `variant` names the style
+        whose adapter is active: a LoRA may change the text encoders too."""
         keys = [
-            (prompt, negative if with_negative else None) for prompt, negative in zip(prompts, negatives, strict=True)
+            (prompt, negative if with_negative else None, variant)
+            for prompt, negative in zip(prompts, negatives, strict=True)
         ]
         found = self._lookup(keys)
         missing = list(dict.fromkeys(key for key in keys if key not in found))
@@ -67,7 +71,7 @@ class TextEmbeddingCache:
             inputs["negative_pooled_prompt_embeds"] = torch.cat([row.negative_pooled for row in rows])
         return inputs
 
-    def _lookup(self, keys: Sequence[tuple[str, str | None]]) -> dict[tuple[str, str | None], Embedding]:
+    def _lookup(self, keys: Sequence[CacheKey]) -> dict[CacheKey, Embedding]:
         found = {}
         with self._lock:
             for key in dict.fromkeys(keys):
@@ -79,16 +83,14 @@ class TextEmbeddingCache:
                     self.misses += 1
         return found
 
-    def _store(self, fresh: dict[tuple[str, str | None], Embedding]) -> None:
+    def _store(self, fresh: dict[CacheKey, Embedding]) -> None:
         with self._lock:
             self._entries.update(fresh)
             while len(self._entries) > self.capacity:
                 self._entries.popitem(last=False)
 
 
-def _encode(
-    pipe: StableDiffusionXLPipeline, keys: list[tuple[str, str | None]], *, with_negative: bool
-) -> dict[tuple[str, str | None], Embedding]:
+def _encode(pipe: StableDiffusionXLPipeline, keys: list[CacheKey], *, with_negative: bool) -> dict[CacheKey, Embedding]:
     prompt, negative, pooled, negative_pooled = pipe.encode_prompt(
         prompt=[key[0] for key in keys],
         device=pipe._execution_device,

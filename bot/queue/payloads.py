@@ -14,6 +14,7 @@ from PIL import Image, UnidentifiedImageError
 from bot.engine.executor import JobResult
 from bot.engine.requests import GenerationRequest, Kind, check_options
 from bot.errors import InvalidRequest
+from bot.styles import StyleBook
 
 FIELDS = ("kind", "prompt", "negative", "aspect", "steps", "guidance", "strength", "seed", "count")
 
@@ -29,12 +30,15 @@ def request_to_payload(request: GenerationRequest) -> dict[str, object]:
         "strength": request.strength,
         "seed": request.seeds[0],
         "count": request.count,
+        "style": request.style,
         "image": _png(request.init_image),
         "mask": _png(request.mask),
     }
 
 
-def request_from_payload(payload: object, buckets: dict[str, tuple[int, int]]) -> GenerationRequest:
+def request_from_payload(
+    payload: object, buckets: dict[str, tuple[int, int]], styles: StyleBook | None = None
+) -> GenerationRequest:
     """Raises `InvalidRequest` for anything a well-behaved bot would not have sent."""
     if not isinstance(payload, Mapping) or not set(FIELDS) <= set(payload):
         raise InvalidRequest("malformed job payload")
@@ -51,6 +55,8 @@ def request_from_payload(payload: object, buckets: dict[str, tuple[int, int]]) -
             strength=_number(payload["strength"], float),
             seed=_number(payload["seed"], int),
             count=_number(payload["count"], int),
+            style=None if payload.get("style") is None else _text(payload["style"]),
+            styles=styles,
         )
     except (ValueError, TypeError) as exc:
         raise InvalidRequest(f"malformed job payload: {exc}") from None

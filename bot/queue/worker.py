@@ -47,7 +47,7 @@ def run_worker(settings: Settings) -> int:
     def generate_task(task: Task, payload: object) -> dict[str, object]:
         task_id = task.request.id
         try:
-            request = request_from_payload(payload, buckets)
+            request = request_from_payload(payload, buckets, pipes.styles.book)
             result = asyncio.run_coroutine_threadsafe(_run(executor, request, task_id), loop).result()
         except UserFacingError as exc:
             log.warning("task %s: %s", task_id, exc)

@@ -78,6 +78,7 @@ class JobFlow:
             buckets=self.bot.engine.buckets,
             count_tokens=rules.count_tokens,
             negative_has_effect=rules.negative_has_effect(DEFAULT_GUIDANCE if guidance is None else guidance),
+            styles=self.bot.engine.styles,
             **options,
         )
 

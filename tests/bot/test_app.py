@@ -15,7 +15,7 @@ from bot.settings import Settings
 from tests.fakediscord import FakeDiscord, FakeInteraction
 from tests.support.runners import RecordingRunner
 
-COMMANDS = {"imagine", "remix", "inpaint", "history", "queue", "stats", "settings", "prompts"}
+COMMANDS = {"imagine", "remix", "inpaint", "history", "queue", "stats", "settings", "prompts", "styles"}
 
 
 async def test_missing_token_is_one_line_and_exit_2(settings: Settings, capsys) -> None:

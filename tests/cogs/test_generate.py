@@ -62,9 +62,9 @@ async def ephemeral_reply(fake: FakeDiscord, interaction: FakeInteraction) -> st
 async def test_commands_are_registered_with_the_design_options(fake: FakeDiscord, start_bot) -> None:
     await start_bot()
     expected = {
-        "imagine": ["prompt", "negative", "aspect", "steps", "guidance", "seed", "count"],
-        "remix": ["image", "prompt", "strength", "negative", "steps", "seed"],
-        "inpaint": ["image", "prompt", "mask", "strength", "negative", "steps", "seed"],
+        "imagine": ["prompt", "negative", "aspect", "steps", "guidance", "seed", "count", "style"],
+        "remix": ["image", "prompt", "strength", "negative", "steps", "seed", "style"],
+        "inpaint": ["image", "prompt", "mask", "strength", "negative", "steps", "seed", "style"],
     }
     for name, option_names in expected.items():
         command = fake.registered(name, fake.guild_id)
@@ -81,6 +81,7 @@ async def test_commands_are_registered_with_the_design_options(fake: FakeDiscord
     assert (imagine["steps"]["min_value"], imagine["steps"]["max_value"]) == (1, 8)
     assert (imagine["count"]["min_value"], imagine["count"]["max_value"]) == (1, 4)
     assert (imagine["guidance"]["min_value"], imagine["guidance"]["max_value"]) == (0, 2)
+    assert imagine["style"]["autocomplete"] is True
     remix = {option["name"]: option for option in fake.registered("remix", fake.guild_id)["options"]}
     assert remix["image"]["type"] == 11 and remix["image"]["required"]
     assert (remix["strength"]["min_value"], remix["strength"]["max_value"]) == (0.05, 1)

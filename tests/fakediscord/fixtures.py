@@ -47,7 +47,8 @@ def make_engine(pipes: Pipelines, settings: Settings, runner: BatchRunner | None
         batch_timeout=settings.batch_timeout,
     )
     executor.start()
-    return Engine(rules=pipes.rules, executor=executor, buckets=bucket_sizes(settings.base_resolution), pipes=pipes)
+    buckets = bucket_sizes(settings.base_resolution)
+    return Engine(rules=pipes.rules, executor=executor, buckets=buckets, pipes=pipes, styles=pipes.styles.book)
 
 
 BotStarter = Callable[..., Awaitable[LcmBot]]

@@ -1,0 +1,53 @@
+"""/styles (the presets this bot offers, with an example image each when one is configured) and the `style`
+option's autocomplete, shared by /imagine, /remix and /inpaint."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from cogs.utils.results import COLOUR
+
+if TYPE_CHECKING:
+    from bot.app import LcmBot
+
+MAX_EMBEDS = 10  # Discord's limit per message
+
+
+async def style_choices(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+    book = interaction.client.engine.styles  # type: ignore[attr-defined]
+    return [
+        app_commands.Choice(name=f"{style.name}: {style.description}"[:100], value=style.name)
+        for style in book.matching(current)
+    ]
+
+
+class StylesCog(commands.Cog):
+    def __init__(self, bot: LcmBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="styles")
+    @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)
+    async def styles(self, interaction: discord.Interaction) -> None:
+        """The named styles you can pick with the `style` option."""
+        book = self.bot.engine.styles
+        if not len(book):
+            await interaction.response.send_message("This bot has no styles set up.", ephemeral=True)
+            return
+        embeds, files = [], []
+        for style in list(book)[:MAX_EMBEDS]:
+            embed = discord.Embed(title=style.name, description=style.description, colour=COLOUR)
+            embed.add_field(name="Prompt", value=style.template.replace("{prompt}", "…"), inline=False)
+            if style.example is not None and style.example.is_file():
+                name = f"{style.name}{style.example.suffix.lower()}"
+                files.append(discord.File(style.example, filename=name))
+                embed.set_thumbnail(url=f"attachment://{name}")
+            embeds.append(embed)
+        await interaction.response.send_message(embeds=embeds, files=files, ephemeral=True)
+
+
+async def setup(bot: LcmBot) -> None:
+    await bot.add_cog(StylesCog(bot))
