@@ -3,12 +3,16 @@ option's autocomplete, shared by /imagine, /remix and /inpaint."""
 
 from __future__ import annotations
 
+import asyncio
+import io
 from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.styles import Style
+from cogs.utils.delivery import SpecFile
 from cogs.utils.results import COLOUR
 
 if TYPE_CHECKING:
@@ -41,12 +45,23 @@ class StylesCog(commands.Cog):
         for style in list(book)[:MAX_EMBEDS]:
             embed = discord.Embed(title=style.name, description=style.description, colour=COLOUR)
             embed.add_field(name="Prompt", value=style.template.replace("{prompt}", "…"), inline=False)
-            if style.example is not None and style.example.is_file():
+            example = await _example(style)
+            if example is not None:
                 name = f"{style.name}{style.example.suffix.lower()}"
-                files.append(discord.File(style.example, filename=name))
+                files.append(SpecFile(io.BytesIO(example), filename=name))
                 embed.set_thumbnail(url=f"attachment://{name}")
             embeds.append(embed)
         await interaction.response.send_message(embeds=embeds, files=files, ephemeral=True)
+
+
+async def _example(style: Style) -> bytes | None:
+    """The example image's bytes, read off the event loop; a missing file only loses the thumbnail."""
+    if style.example is None:
+        return None
+    try:
+        return await asyncio.to_thread(style.example.read_bytes)
+    except OSError:
+        return None
 
 
 async def setup(bot: LcmBot) -> None:

@@ -8,6 +8,7 @@ every adapter disabled the UNet computes exactly what it computed before any was
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from diffusers import StableDiffusionXLPipeline
 
@@ -32,6 +33,8 @@ class StyleAdapters:
             if style.lora is None:
                 continue
             try:
+                if _looks_like_a_path(style.lora) and not Path(style.lora).expanduser().exists():
+                    raise FileNotFoundError("no such file or folder")
                 pipe.load_lora_weights(style.lora, adapter_name=style.name)
             except Exception as exc:  # a missing file, a hub id offline, a LoRA for another model
                 log.error("style %s is disabled: its LoRA %s cannot be loaded (%s)", style.name, style.lora, exc)
@@ -59,3 +62,7 @@ class StyleAdapters:
             self._pipe.enable_lora()
             self._pipe.set_adapters([wanted], adapter_weights=[style.weight])
         self._active = wanted
+
+
+def _looks_like_a_path(source: str) -> bool:
+    return source.startswith(("/", ".", "~")) or source.endswith(".safetensors")

@@ -134,3 +134,24 @@ def _vae() -> AutoencoderKL:
         scaling_factor=0.13025,
         force_upcast=True,
     )
+
+
+def build_tiny_lora(unet_folder: Path, out_file: Path, *, seed: int, rank: int = 4) -> Path:
+    """A random LoRA for the tiny UNet's attention projections, saved as diffusers saves LoRAs. peft's default
+    initialisation makes a LoRA that changes nothing; `init_lora_weights=False` gives random weights that do."""
+    if out_file.exists():
+        return out_file
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_pretrained(unet_folder)
+    config = LoraConfig(
+        r=rank, lora_alpha=rank, init_lora_weights=False, target_modules=["to_q", "to_k", "to_v", "to_out.0"]
+    )
+    unet.add_adapter(config)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    StableDiffusionXLPipeline.save_lora_weights(
+        out_file.parent, unet_lora_layers=get_peft_model_state_dict(unet), weight_name=out_file.name
+    )
+    return out_file

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 
 import pytest
 import torch
@@ -34,3 +35,15 @@ async def test_open_engine_serves_and_drains(settings: Settings, buckets) -> Non
     async with open_engine(settings, drain_on_close=True) as engine:
         job = engine.executor.submit(check_inputs(Kind.IMAGINE, "x", buckets=buckets, steps=1), user_id=1)
     assert len((await job.result()).images) == 1
+
+
+def test_a_broken_styles_file_is_one_line_and_the_engine_runs_without_styles(
+    settings: Settings, tmp_path, caplog
+) -> None:
+    broken = tmp_path / "styles.toml"
+    broken.write_text('[[style]]\nname = "ink"\ndescription = "Ink"\ntemplate = "no slot"\n')
+    with caplog.at_level(logging.ERROR, logger="bot.engine.service"):
+        pipes, _ = load_engine(settings.model_copy(update={"styles_file": broken}))
+    assert len(pipes.styles.book) == 0
+    [line] = [record.getMessage() for record in caplog.records if record.name == "bot.engine.service"]
+    assert line.startswith(f"STYLES_FILE={broken}: style #1: template") and line.endswith("runs without styles.")

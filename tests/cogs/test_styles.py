@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from bot.engine.adapters import StyleAdapters
+from bot.engine.pipelines import Pipelines
+from bot.styles import Style, StyleBook
+from tests.cogs.test_generate import ephemeral_reply, result
+from tests.fakediscord import FakeDiscord
+
+
+@pytest.fixture
+def with_styles(pipes: Pipelines, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> StyleBook:
+    """Template-only styles (the adapter tests cover LoRAs), one with an example image."""
+    example = tmp_path / "ink.png"
+    Image.new("RGB", (16, 16), (20, 20, 20)).save(example)
+    book = StyleBook(
+        [
+            Style(name="ink", description="Black ink", template="ink drawing of {prompt}", example=example),
+            Style(name="oil", description="Oil painting", template="{prompt}, oil on canvas"),
+        ]
+    )
+    monkeypatch.setattr(pipes, "styles", StyleAdapters(None, book))
+    return book
+
+
+async def test_styles_lists_each_preset_with_its_example(fake: FakeDiscord, start_bot, with_styles) -> None:
+    await start_bot()
+    listing = await fake.run_command(fake.add_user("ada"), "styles")
+    await fake.wait_for(lambda: listing.original is not None)
+    assert listing.original.ephemeral
+    assert [embed["title"] for embed in listing.original.embeds] == ["ink", "oil"]
+    assert listing.original.embeds[0]["fields"][0]["value"] == "ink drawing of …"
+    assert [attachment["filename"] for attachment in listing.original.attachments] == ["ink.png"]
+
+
+async def test_a_style_is_applied_and_an_unknown_one_is_refused_kindly(
+    fake: FakeDiscord, start_bot, with_styles
+) -> None:
+    await start_bot()
+    user = fake.add_user("ada")
+    styled = await fake.run_command(user, "imagine", {"prompt": "a fox", "style": "ink"})
+    assert (await result(fake, styled)).attachments
+    refused = await fake.run_command(user, "imagine", {"prompt": "a fox", "style": "neon"})
+    assert "There is no style called `neon`. Styles: ink, oil." in await ephemeral_reply(fake, refused)
+
+
+async def test_without_styles_the_command_says_so(fake: FakeDiscord, start_bot) -> None:
+    await start_bot()
+    listing = await fake.run_command(fake.add_user("ada"), "styles")
+    assert await ephemeral_reply(fake, listing) == "This bot has no styles set up."
