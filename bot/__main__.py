@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from bot import log_context
 from bot.doctor import run_checks
 from bot.engine.pipelines import ModelUnavailable
 from bot.engine.requests import ASPECTS_AT_1024, Kind, check_inputs
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"lcm-bot: {describe_invalid(exc)}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_context.install(settings.log_level)
     try:
         if args.command == "imagine":
             return asyncio.run(_imagine(settings, args))

@@ -147,7 +147,9 @@ class GenerateCog(commands.Cog):
         state = _result_state(interaction)
         values = dict(prompt=state.prompt, negative=state.negative, aspect=state.aspect, steps=state.steps)
         await self.flow.run_job(
-            interaction, Kind.IMAGINE, values | {"guidance": state.guidance, "count": len(state.seeds)}
+            interaction,
+            Kind.IMAGINE,
+            values | {"guidance": state.guidance, "count": len(state.seeds), "style": state.style},
         )
 
     async def variation(self, interaction: discord.Interaction, index: int, prompt: str | None = None) -> None:
@@ -157,7 +159,11 @@ class GenerateCog(commands.Cog):
         if index >= len(attachments):
             raise InvalidRequest("That image is no longer attached to the message.")
         values = dict(
-            prompt=prompt or state.prompt, negative=state.negative, steps=state.steps, guidance=state.guidance
+            prompt=prompt or state.prompt,
+            negative=state.negative,
+            steps=state.steps,
+            guidance=state.guidance,
+            style=state.style,
         )
         await self.flow.run_job(
             interaction, Kind.REMIX, values | {"strength": VARIATION_STRENGTH}, image=attachments[index]

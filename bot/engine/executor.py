@@ -23,6 +23,7 @@ from enum import StrEnum
 
 from PIL import Image
 
+from bot import log_context
 from bot.engine.fairqueue import FairQueue
 from bot.engine.images import encode_png
 from bot.engine.requests import GenerationRequest, denoising_steps
@@ -268,6 +269,7 @@ class Executor(JobQueue):
         return job.request.batch_key == batch[0].request.batch_key and images <= self.max_batch_images
 
     async def _run(self, batch: list[Job], *, isolate_on_failure: bool) -> None:
+        log_context.for_jobs(job.id for job in batch)
         started = time.monotonic()
         self._running = batch
         self._batch_started_at = started

@@ -17,6 +17,7 @@ import uuid
 
 from celery import Task
 
+from bot import log_context
 from bot.engine.executor import Executor, JobResult
 from bot.engine.generation import generate
 from bot.engine.pipelines import Pipelines
@@ -46,6 +47,7 @@ def run_worker(settings: Settings) -> int:
     @app.task(name=GENERATE_TASK, bind=True)
     def generate_task(task: Task, payload: object) -> dict[str, object]:
         task_id = task.request.id
+        log_context.for_jobs([task_id])
         try:
             request = request_from_payload(payload, buckets, pipes.styles.book)
             result = asyncio.run_coroutine_threadsafe(_run(executor, request, task_id), loop).result()

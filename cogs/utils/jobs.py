@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
+from bot import log_context
 from bot.engine.executor import Job, JobResult, JobState
 from bot.engine.images import decode_image, decode_mask, encode_png, fit_to_bucket, prepare_mask
 from bot.engine.requests import (
@@ -148,6 +149,7 @@ class JobFlow:
             await usage.queued(request)
             await self._remember(usage, target, interaction.user.display_name, request)
             job = executor.submit(request, interaction.user.id, key=str(usage.row))
+            log_context.for_jobs([job.id])
         except UserFacingError as exc:
             await usage.rejected(exc)
             if usage.row is not None:
@@ -295,6 +297,7 @@ class JobFlow:
         try:
             request = await asyncio.to_thread(self._rebuild, pending)
             job = self.bot.engine.executor.submit(request, pending.user_id, key=str(pending.request_id))
+            log_context.for_jobs([job.id])
             outcome: JobResult | UserFacingError = await job.result()
         except UserFacingError as exc:  # e.g. the settings changed so that it is no longer valid
             outcome = exc

@@ -29,6 +29,7 @@ class ResultState:
     guidance: float
     aspect: str
     seeds: tuple[int, ...]
+    style: str | None = None
 
     @classmethod
     def from_embed(cls, embed: discord.Embed) -> ResultState:
@@ -44,6 +45,7 @@ class ResultState:
             guidance=float(fields["Guidance"]),
             aspect=size.group(3),
             seeds=tuple(int(seed) for seed in SEED_PATTERN.findall(fields["Seeds"])),
+            style=fields.get("Style"),
         )
 
 
@@ -56,6 +58,8 @@ def build_embed(request: GenerationRequest, result: JobResult, requester_name: s
     embed.add_field(name="Size", value=f"{request.width}x{request.height} ({request.aspect})")
     if request.kind is not Kind.IMAGINE:
         embed.add_field(name="Strength", value=f"{request.strength:g}")
+    if request.style:
+        embed.add_field(name="Style", value=request.style)
     if request.negative:
         embed.add_field(name="Negative", value=request.negative, inline=False)
     embed.add_field(

@@ -6,6 +6,7 @@ from PIL import Image
 
 from bot.engine.executor import JobResult
 from bot.engine.requests import Kind, check_inputs
+from bot.styles import Style, StyleBook
 from cogs.utils.results import ResultState, build_embed, status_text
 
 
@@ -49,3 +50,11 @@ def test_status_text() -> None:
     assert status_text(3, 13.0) == "Queued: position 3, about 15 s."
     assert status_text(9, 150) == "Queued: position 9, about 2 min."
     assert status_text(0, 2.0) == "Generating… a few seconds left."
+
+
+def test_a_style_is_shown_and_kept_for_the_buttons(buckets) -> None:
+    book = StyleBook([Style(name="ink", description="Ink", template="ink drawing of {prompt}")])
+    request = check_inputs(Kind.IMAGINE, "a fox", buckets=buckets, seed=4, style="ink", styles=book)
+    embed = build_embed(request, job_result(request.seeds), "alice")
+    assert ResultState.from_embed(discord.Embed.from_dict(embed.to_dict())).style == "ink"
+    assert embed.description == "a fox"  # the user's prompt; the template is applied on the GPU thread
