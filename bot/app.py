@@ -30,6 +30,7 @@ from bot.tree import BotTree
 from cogs.prompts import PROMPT_ITEMS
 from cogs.usage import RunAgainButton
 from cogs.utils.buttons import DYNAMIC_ITEMS
+from cogs.utils.mask_previews import MaskButton
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class LcmBot(commands.AutoShardedBot):
                 await self.load_extension(extension)
             except Exception:
                 log.exception("failed to load extension %s; continuing without it", extension)
-        self.add_dynamic_items(*DYNAMIC_ITEMS, RunAgainButton, *PROMPT_ITEMS)
+        self.add_dynamic_items(*DYNAMIC_ITEMS, RunAgainButton, *PROMPT_ITEMS, MaskButton)
         if self.settings.dev_guild_id is not None:
             guild = discord.Object(id=self.settings.dev_guild_id)
             self.tree.copy_global_to(guild=guild)

@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_visibility_timeout: float = Field(default=300.0, gt=0)
     styles_file: Path | None = None
+    mask_model: str = "CIDAS/clipseg-rd64-refined"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 

@@ -23,6 +23,7 @@ from bot.errors import InvalidRequest, NotAllowed
 from bot.tree import report_error
 from cogs.styles import style_choices
 from cogs.utils.jobs import JobFlow
+from cogs.utils.mask_previews import MaskPreviews
 from cogs.utils.results import ResultState
 
 if TYPE_CHECKING:
@@ -55,6 +56,7 @@ class GenerateCog(commands.Cog):
     def __init__(self, bot: LcmBot) -> None:
         self.bot = bot
         self.flow = JobFlow(bot)
+        self.masks = MaskPreviews(bot, self.flow)
 
     async def drain(self, timeout: float) -> None:
         """Wait for generations in flight to be delivered (or reported), e.g. at shutdown."""
@@ -123,6 +125,7 @@ class GenerateCog(commands.Cog):
         image="The picture to repaint (its transparent pixels are repainted when there is no mask)",
         mask="White where the picture should be repainted, black where it stays",
         strength="How much to change the masked part, 0.05 to 1 (default 1)",
+        mask_prompt='Or describe what to repaint ("the sky"): you see the mask and confirm it first',
     )
     @app_commands.autocomplete(style=style_choices)
     async def inpaint(
@@ -136,9 +139,15 @@ class GenerateCog(commands.Cog):
         steps: Steps | None = None,
         seed: Seed | None = None,
         style: StyleName | None = None,
+        mask_prompt: app_commands.Range[str, 1, 100] | None = None,
     ) -> None:
         """Repaint part of a picture following a prompt."""
         values = dict(prompt=prompt, negative=negative, steps=steps, seed=seed, strength=strength, style=style)
+        if mask_prompt is not None:
+            if mask is not None:
+                raise InvalidRequest("Give either a `mask` or a `mask_prompt`, not both.")
+            await self.masks.start(interaction, values, image, mask_prompt)
+            return
         await self.flow.run_job(interaction, Kind.INPAINT, values, image=image, mask=mask)
 
     # -- buttons and modal -----------------------------------------------------------------------------------

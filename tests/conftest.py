@@ -12,7 +12,7 @@ import torch
 from bot.engine.pipelines import Pipelines, load_pipelines
 from bot.engine.requests import bucket_sizes
 from bot.settings import Settings
-from tests.support.tiny_model import TinyModel, build_tiny_model
+from tests.support.tiny_model import TinyModel, build_tiny_clipseg, build_tiny_model
 
 TEST_RESOLUTION = 256
 
@@ -33,6 +33,7 @@ def settings(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory) ->
         device="cpu",
         database_path=tmp_path_factory.mktemp("db") / "bot.sqlite3",
         max_batch_images=4,
+        mask_model=str(build_tiny_clipseg(tmp_path_factory.mktemp("tiny-clipseg") / "clipseg")),
         discord_token=None,
         _env_file=None,
     )

@@ -20,6 +20,7 @@ from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TypeVar
 
 from PIL import Image
 
@@ -29,6 +30,7 @@ from bot.engine.images import encode_png
 from bot.engine.requests import GenerationRequest, denoising_steps
 from bot.errors import (
     GenerationFailed,
+    InvalidRequest,
     JobCancelled,
     QueueFull,
     ShuttingDown,
@@ -39,6 +41,7 @@ from bot.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 BatchRunner = Callable[[Sequence[GenerationRequest], Callable[[], bool]], list[list[Image.Image]]]
 """Runs one batch on the GPU thread; the second argument says when to stop early (timeout, shutdown)."""
 
@@ -137,6 +140,10 @@ class JobQueue:
 
     async def _serve(self) -> None:
         raise NotImplementedError
+
+    async def run_on_gpu(self, work: Callable[[], T]) -> T:
+        """Run `work` on the thread that owns the GPU, between batches (small models beside the pipeline)."""
+        raise InvalidRequest("This needs the GPU of the bot's own machine, which this setup does not have.")
 
     def _stop(self) -> None:
         """Ask what runs to stop early (close timed out)."""
@@ -245,6 +252,9 @@ class Executor(JobQueue):
 
     def _stop(self) -> None:
         self._stop_running.set()
+
+    async def run_on_gpu(self, work: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._gpu, work)
 
     async def _closed(self) -> None:
         if self._finishing:

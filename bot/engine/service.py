@@ -22,6 +22,7 @@ from bot.engine.executor import Executor, JobQueue
 from bot.engine.generation import generate, render, warm_up
 from bot.engine.pipelines import Pipelines, PromptRules, load_pipelines
 from bot.engine.requests import Kind, bucket_sizes, check_inputs
+from bot.engine.text_masks import TextMasker
 from bot.settings import Settings
 from bot.styles import StyleBook, StylesUnavailable, load_style_book
 
@@ -46,6 +47,7 @@ class Engine:
     buckets: dict[str, tuple[int, int]]
     pipes: Pipelines | None = None
     styles: StyleBook = field(default_factory=StyleBook)
+    masker: TextMasker | None = None  # masks described in words; loaded on first use
 
 
 def choose_batch_images(settings: Settings, device: torch.device) -> int:
@@ -126,6 +128,14 @@ async def open_engine(settings: Settings, *, drain_on_close: bool = False) -> As
     )
     executor.start()
     try:
-        yield Engine(rules=pipes.rules, executor=executor, buckets=buckets, pipes=pipes, styles=pipes.styles.book)
+        masker = TextMasker(settings.mask_model, pipes.device)
+        yield Engine(
+            rules=pipes.rules,
+            executor=executor,
+            buckets=buckets,
+            pipes=pipes,
+            styles=pipes.styles.book,
+            masker=masker,
+        )
     finally:
         await executor.close(drain=drain_on_close)

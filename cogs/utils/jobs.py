@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import discord
+from PIL import Image
 
 from bot import log_context
 from bot.engine.executor import Job, JobResult, JobState
@@ -59,6 +60,9 @@ class Presentation:
     notes: tuple[str, ...] = ()  # extra lines above the images, such as who shared the prompt
 
 
+ImageInput = discord.Attachment | Image.Image  # an attachment to download, or an image fitted to a bucket
+
+
 class JobFlow:
     def __init__(self, bot: LcmBot) -> None:
         self.bot = bot
@@ -89,13 +93,14 @@ class JobFlow:
         kind: Kind,
         values: dict[str, Any],
         *,
-        image: discord.Attachment | None = None,
-        mask: discord.Attachment | None = None,
+        image: ImageInput | None = None,
+        mask: ImageInput | None = None,
         note: str | None = None,
     ) -> None:
         """Check, acknowledge, queue, show progress, deliver; every outcome is written to the usage log.
 
-        `note` is a line shown above the result (who shared the prompt, say).
+        `image` and `mask` are attachments to download, or images already fitted to a bucket (a mask made from
+        words). `note` is a line shown above the result (who shared the prompt, say).
         """
         task = asyncio.current_task()
         assert task is not None
@@ -110,8 +115,8 @@ class JobFlow:
         interaction: discord.Interaction,
         kind: Kind,
         values: dict[str, Any],
-        image: discord.Attachment | None,
-        mask: discord.Attachment | None,
+        image: ImageInput | None,
+        mask: ImageInput | None,
         note: str | None,
     ) -> None:
         executor = self.bot.engine.executor
@@ -125,7 +130,7 @@ class JobFlow:
             self._check_server_rules(interaction, rules, values)
             options = self.check(kind, **values)
             for attachment, what in ((image, "image"), (mask, "mask")):
-                if attachment is not None:
+                if isinstance(attachment, discord.Attachment):
                     check_attachment(attachment, what)
             executor.check_admission(interaction.user.id)
             if not self._exempt_from_budgets(interaction):
@@ -332,12 +337,14 @@ class JobFlow:
     # -- request builders ------------------------------------------------------------------------------------
 
     async def _build_request(
-        self, options: CheckedOptions, image: discord.Attachment | None, mask: discord.Attachment | None
+        self, options: CheckedOptions, image: ImageInput | None, mask: ImageInput | None
     ) -> GenerationRequest:
         """Download and fit the attachments (off the event loop) and complete the request."""
         buckets = self.bot.engine.buckets
         if image is None:
             return options.to_request(buckets)
+        if isinstance(image, Image.Image) and isinstance(mask, Image.Image):
+            return options.to_request(buckets, image, mask)
         decoded = await read_image(image, "image")
         fitted_mask = None
         if mask is not None:

@@ -64,7 +64,7 @@ async def test_commands_are_registered_with_the_design_options(fake: FakeDiscord
     expected = {
         "imagine": ["prompt", "negative", "aspect", "steps", "guidance", "seed", "count", "style"],
         "remix": ["image", "prompt", "strength", "negative", "steps", "seed", "style"],
-        "inpaint": ["image", "prompt", "mask", "strength", "negative", "steps", "seed", "style"],
+        "inpaint": ["image", "prompt", "mask", "strength", "negative", "steps", "seed", "style", "mask_prompt"],
     }
     for name, option_names in expected.items():
         command = fake.registered(name, fake.guild_id)

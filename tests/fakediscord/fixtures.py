@@ -16,6 +16,7 @@ from bot.engine.generation import generate
 from bot.engine.pipelines import Pipelines
 from bot.engine.requests import bucket_sizes
 from bot.engine.service import Engine
+from bot.engine.text_masks import TextMasker
 from bot.settings import Settings
 from bot.storage import Database, open_database
 from tests.fakediscord.server import FakeDiscord
@@ -48,7 +49,14 @@ def make_engine(pipes: Pipelines, settings: Settings, runner: BatchRunner | None
     )
     executor.start()
     buckets = bucket_sizes(settings.base_resolution)
-    return Engine(rules=pipes.rules, executor=executor, buckets=buckets, pipes=pipes, styles=pipes.styles.book)
+    return Engine(
+        rules=pipes.rules,
+        executor=executor,
+        buckets=buckets,
+        pipes=pipes,
+        styles=pipes.styles.book,
+        masker=TextMasker(settings.mask_model, pipes.device),
+    )
 
 
 BotStarter = Callable[..., Awaitable[LcmBot]]

@@ -155,3 +155,27 @@ def build_tiny_lora(unet_folder: Path, out_file: Path, *, seed: int, rank: int =
         out_file.parent, unet_lora_layers=get_peft_model_state_dict(unet), weight_name=out_file.name
     )
     return out_file
+
+
+def build_tiny_clipseg(folder: Path) -> Path:
+    """A random-weight CLIPSeg (the text-to-mask model) with its processor, saved as the Hub's folders are."""
+    if (folder / "config.json").exists():
+        return folder
+    from transformers import CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor, ViTImageProcessor
+
+    torch.manual_seed(0)
+    tokenizer = byte_level_tokenizer(folder.parent / f"{folder.name}-tokenizer")
+    config = CLIPSegConfig(
+        text_config=_text_config().to_dict(),
+        vision_config={"hidden_size": TEXT_HIDDEN, "intermediate_size": 37, "num_attention_heads": 4,
+                       "num_hidden_layers": 3, "image_size": 64, "patch_size": 16},
+        projection_dim=16,
+        reduce_dim=16,
+        extract_layers=[1, 2],
+        decoder_num_attention_heads=2,
+        decoder_intermediate_size=32,
+    )  # fmt: skip
+    CLIPSegForImageSegmentation(config).save_pretrained(folder)
+    image_processor = ViTImageProcessor(size={"height": 64, "width": 64}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    CLIPSegProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+    return folder

@@ -1,0 +1,104 @@
+"""/inpaint with `mask_prompt`, end to end against the fake Discord, with a tiny random-weight CLIPSeg."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bot.engine.text_masks import check_coverage, grow, invert
+from bot.errors import InvalidRequest
+from tests.cogs.test_generate import ephemeral_reply, photo, result, upload
+from tests.fakediscord import FakeDiscord, FakeInteraction, FakeMessage
+
+
+def tinted(message: FakeMessage) -> np.ndarray:
+    """Where the preview shows the mask: pixels pushed towards the tint colour."""
+    [image] = message.images()
+    pixels = np.asarray(image.convert("RGB"), dtype=np.int16)
+    return (pixels[..., 0] - pixels[..., 1]) > 60
+
+
+def button(message: FakeMessage, action: str) -> str:
+    [custom_id] = [custom_id for custom_id in message.custom_ids() if custom_id.startswith(f"lcm:mask:{action}:")]
+    return custom_id
+
+
+async def preview_for(fake: FakeDiscord, user: int, phrase: str = "the sky") -> FakeInteraction:
+    grey = Image.new("RGB", (256, 256), (128, 128, 128))  # no red: any red in the preview is the tint
+    asked = await fake.run_command(
+        user, "inpaint", {"image": upload(fake, grey), "prompt": "a storm", "mask_prompt": phrase}
+    )
+    await fake.wait_for(lambda: asked.original is not None and asked.original.attachments, timeout=60)
+    return asked
+
+
+async def test_the_preview_shows_the_mask_and_its_buttons(fake: FakeDiscord, start_bot) -> None:
+    await start_bot()
+    asked = await preview_for(fake, fake.add_user("ada"))
+    message = asked.original
+    assert message.ephemeral and "“the sky” selects" in message.content
+    assert [custom_id.split(":")[2] for custom_id in message.custom_ids()] == ["confirm", "invert", "grow", "cancel"]
+    assert message.attachments[0]["filename"] == "mask-preview.png"
+
+
+async def test_invert_and_grow_change_the_mask(fake: FakeDiscord, start_bot) -> None:
+    await start_bot()
+    user = fake.add_user("ada")
+    asked = await preview_for(fake, user)
+    before = tinted(asked.original)
+    await fake.click(user, asked.original, button(asked.original, "invert"))
+    await fake.wait_for(lambda: not np.array_equal(tinted(asked.original), before))
+    assert np.array_equal(tinted(asked.original), ~before)
+    inverted = tinted(asked.original)
+    await fake.click(user, asked.original, button(asked.original, "grow"))
+    await fake.wait_for(lambda: not np.array_equal(tinted(asked.original), inverted))
+    assert tinted(asked.original).sum() > inverted.sum()
+
+
+async def test_confirm_queues_the_inpaint_and_cancel_queues_nothing(fake: FakeDiscord, start_bot) -> None:
+    await start_bot()
+    user = fake.add_user("ada")
+    first = await preview_for(fake, user)
+    confirmed = await fake.click(user, first.original, button(first.original, "confirm"))
+    delivered = await result(fake, confirmed)
+    assert delivered.attachments and "Mask: “the sky”" in delivered.content
+    second = await preview_for(fake, user, "the ground")
+    await fake.click(user, second.original, button(second.original, "cancel"))
+    await fake.wait_for(lambda: second.original.content.startswith("Cancelled"))
+    assert not second.original.attachments and not second.original.custom_ids()
+
+
+async def test_only_the_author_can_press_and_a_used_preview_is_gone(fake: FakeDiscord, start_bot) -> None:
+    await start_bot()
+    ada, bo = fake.add_user("ada"), fake.add_user("bo")
+    asked = await preview_for(fake, ada)
+    confirm = button(asked.original, "confirm")
+    refused = await fake.click(bo, asked.original, confirm)
+    assert "Only the person who asked" in await ephemeral_reply(fake, refused)
+    await result(fake, await fake.click(ada, asked.original, confirm))
+    again = await fake.click(ada, asked.original, confirm)
+    assert "expired" in await ephemeral_reply(fake, again)
+
+
+async def test_a_mask_and_a_mask_prompt_together_are_refused(fake: FakeDiscord, start_bot) -> None:
+    await start_bot()
+    user = fake.add_user("ada")
+    image, mask = upload(fake, photo()), upload(fake, Image.new("L", (640, 480), 255), name="mask.png")
+    asked = await fake.run_command(
+        user, "inpaint", {"image": image, "mask": mask, "prompt": "a storm", "mask_prompt": "the sky"}
+    )
+    assert "either a `mask` or a `mask_prompt`" in await ephemeral_reply(fake, asked)
+
+
+def test_an_empty_or_full_mask_is_refused_with_a_way_out() -> None:
+    empty, full = Image.new("L", (64, 64), 0), Image.new("L", (64, 64), 255)
+    with pytest.raises(InvalidRequest, match="selects nothing"):
+        check_coverage(empty)
+    with pytest.raises(InvalidRequest, match="whole picture"):
+        check_coverage(full)
+    assert np.array_equal(np.asarray(invert(full)), np.asarray(empty))
+    dot = Image.new("L", (64, 64), 0)
+    dot.putpixel((32, 32), 255)
+    assert np.asarray(grow(dot)).astype(bool).sum() > 1
+    check_coverage(grow(dot))
