@@ -2,10 +2,10 @@
 
     .venv/bin/python -m bench.scaleout [--jobs 200]
 
-Every job is one image at one step, so the table shows what the distribution itself costs: the Redis overhead
-per job is (time through Redis with one worker - time in process) / jobs, both with the same batch size.
-On a machine with few cores, more workers compete for the same CPUs: images/s measures the plumbing here,
-not what GPU workers on separate machines would give.
+Every job is one image at one step, so the table shows what the distribution itself costs. The Redis overhead
+per job is measured one job at a time (median latency through Redis with one worker minus median latency in
+process), where nothing else competes for the CPUs. On a machine with few cores, more workers compete for the
+same CPUs: images/s measures the plumbing here, not what GPU workers on separate machines would give.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import functools
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -21,8 +22,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.streams import time_stream
+from bot.engine.executor import Executor, JobQueue
 from bot.engine.generation import generate
-from bot.engine.pipelines import load_pipelines
+from bot.engine.pipelines import Pipelines, load_pipelines
 from bot.engine.requests import GenerationRequest, Kind, bucket_sizes, check_inputs
 from bot.queue.remote import open_remote_executor
 from bot.settings import Settings
@@ -31,11 +33,12 @@ from tests.support.tiny_model import build_tiny_model
 
 USERS = 20
 BATCH = 4
+LATENCY_JOBS = 30
 
 
-def job_requests(count: int) -> list[GenerationRequest]:
+def job_requests(count: int, tag: str = "job") -> list[GenerationRequest]:
     buckets = bucket_sizes(256)
-    return [check_inputs(Kind.IMAGINE, f"job {n}", buckets=buckets, steps=1, seed=n) for n in range(count)]
+    return [check_inputs(Kind.IMAGINE, f"{tag} {n}", buckets=buckets, steps=1, seed=n) for n in range(count)]
 
 
 async def through_redis(settings: Settings, requests: list[GenerationRequest]) -> float:
@@ -44,6 +47,33 @@ async def through_redis(settings: Settings, requests: list[GenerationRequest]) -
         jobs = [remote.submit(request, user_id=n % USERS) for n, request in enumerate(requests)]
         await asyncio.gather(*(job.result() for job in jobs))
         return time.perf_counter() - start
+
+
+async def one_at_a_time(queue: JobQueue, requests: list[GenerationRequest]) -> float:
+    """Median seconds from submitting a job to its PNG, with the queue otherwise empty."""
+    times = []
+    for request in requests:
+        start = time.perf_counter()
+        await queue.submit(request, user_id=0).result()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+async def local_latency(pipes: Pipelines, requests: list[GenerationRequest]) -> float:
+    executor = Executor(
+        functools.partial(generate, pipes), model_name="bench", max_batch_images=BATCH, queue_max=1,
+        user_max_pending=1, batch_timeout=600,
+    )  # fmt: skip
+    executor.start()
+    try:
+        return await one_at_a_time(executor, requests)
+    finally:
+        await executor.close()
+
+
+async def redis_latency(settings: Settings, requests: list[GenerationRequest]) -> float:
+    async with open_remote_executor(settings) as remote:
+        return await one_at_a_time(remote, requests)
 
 
 def main() -> None:
@@ -61,6 +91,9 @@ def main() -> None:
         generate(pipes, requests[:1])
         local = asyncio.run(time_stream(functools.partial(generate, pipes), requests, users=USERS, batch_images=BATCH))
         rows = [("in process", local)]
+        alone = job_requests(LATENCY_JOBS, "alone")  # prompts new to both sides: no cached embeddings
+        latency_local = asyncio.run(local_latency(pipes, alone))
+        latency_redis = float("nan")
         for count in (1, 2, 4):
             redis_server = RedisServer(Path(folder))
             redis_server.start()
@@ -69,6 +102,8 @@ def main() -> None:
             try:
                 for _ in range(count):
                     workers.start()
+                if count == 1:
+                    latency_redis = asyncio.run(redis_latency(settings, alone))
                 rows.append(
                     (f"Redis, {count} worker{'s' if count > 1 else ''}", asyncio.run(through_redis(settings, requests)))
                 )
@@ -80,8 +115,10 @@ def main() -> None:
     print(f"|{'-' * 20}|{'-' * 10}|{'-' * 10}|")
     for label, seconds in rows:
         print(f"| {label:<18} | {seconds:>8.2f} | {args.jobs / seconds:>8.1f} |")
-    overhead_ms = (rows[1][1] - local) / args.jobs * 1000
-    print(f"Redis overhead per job (1 worker against in process): {overhead_ms:.1f} ms")
+    print(
+        f"one job at a time, median of {LATENCY_JOBS}: {latency_local * 1000:.1f} ms in process, "
+        f"{latency_redis * 1000:.1f} ms through Redis: {1000 * (latency_redis - latency_local):.1f} ms of overhead"
+    )
 
 
 if __name__ == "__main__":
