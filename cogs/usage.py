@@ -75,6 +75,7 @@ class UsageCog(commands.Cog):
         values |= dict(
             steps=parameters.get("steps"), guidance=parameters.get("guidance"), count=parameters.get("count")
         )
+        values["style"] = parameters.get("style")
         await generate.flow.run_job(interaction, Kind.IMAGINE, values)
 
 

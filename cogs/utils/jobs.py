@@ -329,6 +329,8 @@ class JobFlow:
             strength=parameters.get("strength"),
             seed=pending.seeds[0],
             count=len(pending.seeds),
+            style=parameters.get("style"),
+            styles=self.bot.engine.styles,
         )
         images = [None if data is None else decode_image(data).image for data in (pending.init_image, pending.mask)]
         mask = None if images[1] is None else images[1].convert("L")

@@ -51,6 +51,7 @@ class UsageEntry:
             "guidance": request.guidance,
             "strength": request.strength,
             "count": request.count,
+            "style": request.style,
         }
         self.row = await self._log.record(
             **self._base | {"negative": request.negative},

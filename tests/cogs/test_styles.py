@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from bot.engine.pipelines import Pipelines
 from bot.styles import Style, StyleBook
 from tests.cogs.test_generate import ephemeral_reply, result
 from tests.fakediscord import FakeDiscord
+from tests.support.runners import RecordingRunner
 
 
 @pytest.fixture
@@ -52,3 +54,33 @@ async def test_without_styles_the_command_says_so(fake: FakeDiscord, start_bot) 
     await start_bot()
     listing = await fake.run_command(fake.add_user("ada"), "styles")
     assert await ephemeral_reply(fake, listing) == "This bot has no styles set up."
+
+
+class StyleRecorder(RecordingRunner):
+    def __init__(self, pipes: Pipelines) -> None:
+        super().__init__(pipes)
+        self.styles: list[str | None] = []
+
+    def __call__(self, requests, should_stop):
+        self.styles += [request.style for request in requests]
+        return super().__call__(requests, should_stop)
+
+
+async def test_a_queued_styled_job_keeps_its_style_across_a_restart(
+    fake: FakeDiscord, start_bot, pipes: Pipelines, with_styles
+) -> None:
+    held = StyleRecorder(pipes)
+    held.gate.clear()
+    bot = await start_bot(runner=held, max_batch_images=1)
+    ada, bo = fake.add_user("ada"), fake.add_user("bo")
+    await fake.run_command(ada, "imagine", {"prompt": "first", "style": "oil"})
+    waiting = await fake.run_command(bo, "imagine", {"prompt": "second", "style": "ink"})
+    await fake.wait_for(lambda: held.waiting.is_set() and waiting.original is not None and waiting.original.content)
+    closing = asyncio.create_task(bot.close())
+    await asyncio.sleep(0.2)
+    held.gate.set()
+    await closing
+    resumed = StyleRecorder(pipes)
+    await start_bot(runner=resumed)
+    assert (await result(fake, waiting)).attachments
+    assert held.styles == ["oil"] and resumed.styles == ["ink"]
