@@ -10,6 +10,7 @@ really fails gets an error, and nothing else queued is lost.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import logging
@@ -82,7 +83,7 @@ class Job:
         return await asyncio.shield(self.future)
 
 
-class JobQueue:
+class JobQueue(abc.ABC):
     """What every backend shares: admission (global and per-user caps), the fair queue, cancelling, position
     and ETA, settling futures, metrics. Subclasses decide how queued jobs are run (`_serve`)."""
 
@@ -138,16 +139,19 @@ class JobQueue:
                 await self._serve_task
         await self._closed()
 
+    @abc.abstractmethod
     async def _serve(self) -> None:
-        raise NotImplementedError
+        """Take jobs from the fair queue and run them until closed."""
 
     async def run_on_gpu(self, work: Callable[[], T]) -> T:
         """Run `work` on the thread that owns the GPU, between batches (small models beside the pipeline)."""
         raise InvalidRequest("This needs the GPU of the bot's own machine, which this setup does not have.")
 
+    @abc.abstractmethod
     def _stop(self) -> None:
         """Ask what runs to stop early (close timed out)."""
 
+    @abc.abstractmethod
     async def _closed(self) -> None:
         """Release what the backend holds, once nothing runs."""
 

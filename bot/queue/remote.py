@@ -172,6 +172,9 @@ class RemoteExecutor(JobQueue):
         self.metrics.batch_done(len(result.images), result.generation_time)
         self._settle(job, JobState.DONE, result)
 
+    def _stop(self) -> None:
+        """Nothing to interrupt here: tasks run on the workers, and `_closed` hands them over to the next start."""
+
     async def _closed(self) -> None:
         """Jobs still in Redis stay recorded; the next start submits them under the same names and collects
         whatever finished meanwhile."""
