@@ -18,7 +18,7 @@ import torch
 
 from bot.engine.adapters import StyleAdapters
 from bot.engine.compiled import CompiledTwins, use_compile_cache
-from bot.engine.executor import Executor, JobQueue
+from bot.engine.executor import BatchRunner, Executor, JobQueue
 from bot.engine.generation import generate, render, warm_up
 from bot.engine.pipelines import Pipelines, PromptRules, load_pipelines
 from bot.engine.requests import Kind, bucket_sizes, check_inputs
@@ -118,8 +118,17 @@ async def open_engine(settings: Settings, *, drain_on_close: bool = False) -> As
             yield Engine(rules=rules, executor=executor, buckets=buckets, styles=read_style_book(settings))
         return
     pipes, batch_images = await asyncio.to_thread(load_engine, settings)
+    engine = local_engine(settings, pipes, functools.partial(generate, pipes), batch_images)
+    try:
+        yield engine
+    finally:
+        await engine.executor.close(drain=drain_on_close)
+
+
+def local_engine(settings: Settings, pipes: Pipelines, runner: BatchRunner, batch_images: int) -> Engine:
+    """The engine around loaded pipelines, its executor started (on the running event loop)."""
     executor = Executor(
-        functools.partial(generate, pipes),
+        runner,
         model_name=pipes.model_name,
         max_batch_images=batch_images,
         queue_max=settings.queue_max,
@@ -127,15 +136,11 @@ async def open_engine(settings: Settings, *, drain_on_close: bool = False) -> As
         batch_timeout=settings.batch_timeout,
     )
     executor.start()
-    try:
-        masker = TextMasker(settings.mask_model, pipes.device)
-        yield Engine(
-            rules=pipes.rules,
-            executor=executor,
-            buckets=buckets,
-            pipes=pipes,
-            styles=pipes.styles.book,
-            masker=masker,
-        )
-    finally:
-        await executor.close(drain=drain_on_close)
+    return Engine(
+        rules=pipes.rules,
+        executor=executor,
+        buckets=bucket_sizes(settings.base_resolution),
+        pipes=pipes,
+        styles=pipes.styles.book,
+        masker=TextMasker(settings.mask_model, pipes.device),
+    )

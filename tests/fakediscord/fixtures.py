@@ -11,12 +11,10 @@ import pytest
 from pydantic import SecretStr
 
 from bot.app import LcmBot
-from bot.engine.executor import BatchRunner, Executor
+from bot.engine.executor import BatchRunner
 from bot.engine.generation import generate
 from bot.engine.pipelines import Pipelines
-from bot.engine.requests import bucket_sizes
-from bot.engine.service import Engine
-from bot.engine.text_masks import TextMasker
+from bot.engine.service import Engine, local_engine
 from bot.settings import Settings
 from bot.storage import Database, open_database
 from tests.fakediscord.server import FakeDiscord
@@ -39,24 +37,8 @@ async def fake(discord_spec: OpenApiSpec, monkeypatch: pytest.MonkeyPatch) -> As
 
 
 def make_engine(pipes: Pipelines, settings: Settings, runner: BatchRunner | None = None) -> Engine:
-    executor = Executor(
-        runner or functools.partial(generate, pipes),
-        model_name="tiny",
-        max_batch_images=settings.max_batch_images or 4,
-        queue_max=settings.queue_max,
-        user_max_pending=settings.user_max_pending,
-        batch_timeout=settings.batch_timeout,
-    )
-    executor.start()
-    buckets = bucket_sizes(settings.base_resolution)
-    return Engine(
-        rules=pipes.rules,
-        executor=executor,
-        buckets=buckets,
-        pipes=pipes,
-        styles=pipes.styles.book,
-        masker=TextMasker(settings.mask_model, pipes.device),
-    )
+    """The production engine around the session's tiny pipelines, optionally behind a test runner."""
+    return local_engine(settings, pipes, runner or functools.partial(generate, pipes), settings.max_batch_images or 4)
 
 
 BotStarter = Callable[..., Awaitable[LcmBot]]
