@@ -122,25 +122,10 @@ class JobFlow:
         executor = self.bot.engine.executor
         usage = UsageEntry(self.bot.usage, interaction, kind, values)
         rules = await self.bot.guild_settings.get(interaction.guild_id)
-        if kind is Kind.IMAGINE and values.get("count") is None:
-            values = values | {"count": rules.default_count}
         # 1. Server rules, options, attachment metadata and the user's caps, before acknowledging: refusals
         #    stay ephemeral
         try:
-            self._check_server_rules(interaction, rules, values)
-            options = self.check(kind, **values)
-            for attachment, what in ((image, "image"), (mask, "mask")):
-                if isinstance(attachment, discord.Attachment):
-                    check_attachment(attachment, what)
-            executor.check_admission(interaction.user.id)
-            if not self._exempt_from_budgets(interaction):
-                budgets = Budgets(
-                    _first_set(rules.user_images_per_hour, self.bot.settings.user_images_per_hour),
-                    _first_set(rules.guild_images_per_hour, self.bot.settings.guild_images_per_hour),
-                )
-                await self.bot.limits.check(
-                    budgets, user_id=interaction.user.id, guild_id=interaction.guild_id, images=len(options.seeds)
-                )
+            values, options = await self.admit(interaction, kind, values, rules, (image, mask))
         except UserFacingError as exc:
             await usage.rejected(exc)
             raise
@@ -174,6 +159,35 @@ class JobFlow:
             notes=(note,) if note else (),
         )
         await self._finish(target, usage, request, outcome, presentation)
+
+    async def admit(
+        self,
+        interaction: discord.Interaction,
+        kind: Kind,
+        values: dict[str, Any],
+        rules: GuildSettings,
+        inputs: tuple[ImageInput | None, ...] = (),
+    ) -> tuple[dict[str, Any], CheckedOptions]:
+        """Everything that can refuse a request before it is acknowledged: the server's rules, the options,
+        the attachments' metadata, the queue's caps and the hourly budgets. Returns the values with the
+        server's defaults filled in, and the checked options."""
+        if kind is Kind.IMAGINE and values.get("count") is None:
+            values = values | {"count": rules.default_count}
+        self._check_server_rules(interaction, rules, values)
+        options = self.check(kind, **values)
+        for attachment, what in zip(inputs, ("image", "mask"), strict=False):
+            if isinstance(attachment, discord.Attachment):
+                check_attachment(attachment, what)
+        self.bot.engine.executor.check_admission(interaction.user.id)
+        if not self._exempt_from_budgets(interaction):
+            budgets = Budgets(
+                _first_set(rules.user_images_per_hour, self.bot.settings.user_images_per_hour),
+                _first_set(rules.guild_images_per_hour, self.bot.settings.guild_images_per_hour),
+            )
+            await self.bot.limits.check(
+                budgets, user_id=interaction.user.id, guild_id=interaction.guild_id, images=len(options.seeds)
+            )
+        return values, options
 
     def _check_server_rules(
         self, interaction: discord.Interaction, rules: GuildSettings, values: dict[str, Any]

@@ -24,7 +24,7 @@ from bot.engine.images import fit_to_bucket
 from bot.engine.requests import Kind
 from bot.engine.text_masks import check_coverage, grow, invert, overlay_png
 from bot.errors import InvalidRequest, NotAllowed
-from cogs.utils.attachments import check_attachment, read_image
+from cogs.utils.attachments import read_image
 from cogs.utils.buttons import guarded
 from cogs.utils.delivery import SpecFile
 
@@ -70,9 +70,9 @@ class MaskPreviews:
             raise InvalidRequest(f"`mask_prompt` must be 1 to {PHRASE_MAX_CHARS} characters.")
         if engine.masker is None:
             raise InvalidRequest("Masks described in words need this bot's own GPU; attach a `mask` instead.")
-        self.flow.check(Kind.INPAINT, **values)
-        check_attachment(image, "image")
-        engine.executor.check_admission(interaction.user.id)
+        # The same checks as the inpaint itself, so a request the server refuses never costs a mask
+        rules = await self.bot.guild_settings.get(interaction.guild_id)
+        await self.flow.admit(interaction, Kind.INPAINT, values, rules, (image,))
         await interaction.response.defer(ephemeral=True, thinking=True)
         decoded = await read_image(image, "image")
         fitted = await asyncio.to_thread(fit_to_bucket, decoded.image, engine.buckets)

@@ -9,6 +9,7 @@ from PIL import Image
 from bot.engine.text_masks import check_coverage, grow, invert
 from bot.errors import InvalidRequest
 from tests.cogs.test_generate import ephemeral_reply, photo, result, upload
+from tests.cogs.test_guild_settings import settings_reply
 from tests.fakediscord import FakeDiscord, FakeInteraction, FakeMessage
 
 
@@ -102,3 +103,20 @@ def test_an_empty_or_full_mask_is_refused_with_a_way_out() -> None:
     dot.putpixel((32, 32), 255)
     assert np.asarray(grow(dot)).astype(bool).sum() > 1
     check_coverage(grow(dot))
+
+
+async def test_the_server_rules_refuse_before_any_mask_is_made(fake: FakeDiscord, start_bot, monkeypatch) -> None:
+    bot = await start_bot()
+    masks: list[str] = []
+    make_mask = bot.engine.masker.mask
+    monkeypatch.setattr(
+        bot.engine.masker, "mask", lambda image, phrase: masks.append(phrase) or make_mask(image, phrase)
+    )
+    manager, member = fake.add_user("manager", moderator=True), fake.add_user("member")
+    await settings_reply(fake, await fake.run_command(manager, "settings blocklist", {"add": "storm"}))
+    grey = Image.new("RGB", (256, 256), (128, 128, 128))
+    refused = await fake.run_command(
+        member, "inpaint", {"image": upload(fake, grey), "prompt": "a storm", "mask_prompt": "the sky"}
+    )
+    assert "does not allow “storm”" in await ephemeral_reply(fake, refused)
+    assert masks == []
