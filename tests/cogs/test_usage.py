@@ -96,9 +96,13 @@ async def test_queue_shows_waiting_requests_workers_and_your_share(fake: FakeDis
     runner.gate.clear()
     await start_bot(runner=runner, max_batch_images=1)
     ada, bo = fake.add_user("ada"), fake.add_user("bo")
-    for user, prompt in ((ada, "first"), (ada, "second"), (bo, "third")):
+    requests = [
         await fake.run_command(user, "imagine", {"prompt": prompt})
+        for user, prompt in ((ada, "first"), (ada, "second"), (bo, "third"))
+    ]
     await fake.wait_for(runner.waiting.is_set)
+    # A request shows its first status once it is queued; the commands are handled concurrently
+    await fake.wait_for(lambda: all(request.original is not None and request.original.content for request in requests))
     try:
         assert await ephemeral_reply(fake, await fake.run_command(ada, "queue")) == (
             "2 requests waiting; 1 GPU worker online.\n2 of the requests waiting or running are yours."
