@@ -1,6 +1,9 @@
 """The bot's side of `QUEUE_BACKEND=redis`: the same fair queue and caps as the local executor, dispatching
 each job as one Celery task and collecting its result, without ever blocking the event loop.
 
+- Results arrive as they are stored: Celery's Redis backend publishes each result on a channel named after its
+  key, and the bot listens to those channels. A sweep of all keys in flight (one MGET) every second collects
+  whatever was published while the bot was not listening (at start, across a Redis restart).
 - Fairness holds across workers because jobs leave the bot's fair queue only as fast as the workers can take
   them: at most twice what a live worker holds (batch size + 1) is in Redis at once, so a worker never waits
   for the bot to notice a result before it gets more work; the rest wait here, in turn.
@@ -21,6 +24,7 @@ import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
+import redis.asyncio
 from celery import Celery
 from celery.result import AsyncResult
 
@@ -32,7 +36,9 @@ from bot.settings import Settings
 
 log = logging.getLogger(__name__)
 
-POLL_SECONDS = 0.05  # how often finished results are collected (one MGET for all in flight)
+SWEEP_SECONDS = 1.0  # how often every result in flight is looked up, for those published while not listening
+TASK_ID_PREFIX = "lcm-bot-"
+BROKEN_RESULT = "A worker sent back a broken result."
 IN_FLIGHT_PER_SLOT = 2  # tasks in Redis per slot a worker can hold: one running, one ready behind it
 PING_SECONDS = 5.0  # how often live workers are counted
 RETRY_SECONDS = 1.0  # pause after Redis refused a message
@@ -42,7 +48,7 @@ ERRORS_BY_CODE: dict[str, type[UserFacingError]] = {
 
 
 def task_id_for(job: Job) -> str:
-    return f"lcm-bot-{job.key or job.id}"
+    return f"{TASK_ID_PREFIX}{job.key or job.id}"
 
 
 class RemoteExecutor(JobQueue):
@@ -52,6 +58,7 @@ class RemoteExecutor(JobQueue):
         self._in_flight: dict[str, Job] = {}
         self._workers = 0
         self._redis_lost = False
+        self._sweep_now = asyncio.Event()
         self._io = ThreadPoolExecutor(max_workers=2, thread_name_prefix="redis")  # blocking Redis calls
 
     @property
@@ -106,30 +113,48 @@ class RemoteExecutor(JobQueue):
             self._publish(job)
 
     async def _watch(self) -> None:
-        """Collect finished results, count live workers, and resend what was in flight after a Redis outage."""
+        """Sweep for finished results, count live workers, and resend what was in flight after a Redis outage."""
         loop = asyncio.get_running_loop()
+        listener = asyncio.create_task(self._listen(), name="redis-result-channels")
         next_ping = 0.0
+        try:
+            while True:
+                try:
+                    if time.monotonic() >= next_ping:
+                        self._workers = await loop.run_in_executor(self._io, self._count_workers)
+                        next_ping = time.monotonic() + PING_SECONDS
+                    if self._redis_lost:
+                        await loop.run_in_executor(self._io, self._republish)
+                        log.warning("Redis is back; %d jobs in flight were sent again", len(self._in_flight))
+                        self._redis_lost = False
+                        self._wakeup.set()
+                    self._collect(await loop.run_in_executor(self._io, self._finished, list(self._in_flight)))
+                except Exception as exc:
+                    if not self._redis_lost:
+                        log.warning("Redis is unreachable (%s); jobs wait until it is back", exc)
+                    self._redis_lost, self._workers = True, 0
+                self._sweep_now.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._sweep_now.wait(), SWEEP_SECONDS)
+        finally:
+            listener.cancel()
+
+    async def _listen(self) -> None:
+        """Take each result the moment a worker stores it, from the channel Celery publishes it on."""
+        key_prefix = self._app.backend.task_keyprefix  # bytes: the result key is this prefix and the task id
         while True:
-            await asyncio.sleep(POLL_SECONDS)
             try:
-                if time.monotonic() >= next_ping:
-                    self._workers = await loop.run_in_executor(self._io, self._count_workers)
-                    next_ping = time.monotonic() + PING_SECONDS
-                if self._redis_lost:
-                    await loop.run_in_executor(self._io, self._republish)
-                    log.warning("Redis is back; %d jobs in flight were sent again", len(self._in_flight))
-                    self._redis_lost = False
-                    self._wakeup.set()
-                finished = await loop.run_in_executor(self._io, self._finished, list(self._in_flight))
-            except Exception as exc:
-                if not self._redis_lost:
-                    log.warning("Redis is unreachable (%s); jobs wait until it is back", exc)
-                self._redis_lost, self._workers = True, 0
-                continue
-            for task_id, outcome in finished.items():
-                self._complete(task_id, outcome)
-            if finished:
-                self._wakeup.set()
+                url = self._app.conf.result_backend
+                async with redis.asyncio.Redis.from_url(url) as client, client.pubsub() as channels:
+                    await channels.psubscribe(key_prefix + TASK_ID_PREFIX.encode() + b"*")
+                    self._sweep_now.set()  # what was stored before this subscription is found by a sweep
+                    async for message in channels.listen():
+                        if message["type"] == "pmessage":
+                            task_id = message["channel"][len(key_prefix) :].decode()
+                            self._collect(self._outcomes({task_id: message["data"]}))
+            except (redis.RedisError, OSError) as exc:
+                log.debug("not listening for results (%s); the sweep collects them meanwhile", exc)
+                await asyncio.sleep(RETRY_SECONDS)
 
     def _count_workers(self) -> int:
         return len(self._app.control.ping(timeout=0.5))
@@ -140,32 +165,50 @@ class RemoteExecutor(JobQueue):
             return {}
         backend = self._app.backend
         stored = backend.client.mget([backend.get_key_for_task(task_id) for task_id in task_ids])
-        outcomes = {}
-        for task_id, raw in zip(task_ids, stored, strict=True):
-            meta = None if raw is None else backend.decode_result(raw)
-            if meta is None:
+        return self._outcomes(dict(zip(task_ids, stored, strict=True)))
+
+    def _outcomes(self, stored: dict[str, bytes | None]) -> dict[str, object]:
+        """The outcomes of the tasks that ended, from their stored (msgpack) result records.
+
+        Anyone who can write to Redis can forge a record, so it is only decoded (msgpack, nothing else is
+        accepted), never turned back into an exception object the way Celery's `decode_result` does."""
+        outcomes: dict[str, object] = {}
+        for task_id, raw in stored.items():
+            if raw is None:
                 continue
-            if meta["status"] == "SUCCESS":
-                outcomes[task_id] = meta["result"]
-            elif meta["status"] == "FAILURE":
-                outcomes[task_id] = {"error": {"code": "generation_failed", "message": "The worker failed."}}
+            try:
+                meta = self._app.backend.decode(raw)
+                status = meta["status"]
+            except Exception:  # kombu refuses content that is not msgpack with errors of its own
+                status = "BROKEN"
+            if status == "SUCCESS":
+                outcomes[task_id] = meta.get("result")
+            elif status in ("FAILURE", "BROKEN"):
+                message = "The worker failed." if status == "FAILURE" else BROKEN_RESULT
+                outcomes[task_id] = {"error": {"code": "generation_failed", "message": message}}
         return outcomes
+
+    def _collect(self, outcomes: dict[str, object]) -> None:
+        for task_id, outcome in outcomes.items():
+            self._complete(task_id, outcome)
+        if outcomes:
+            self._wakeup.set()
 
     def _complete(self, task_id: str, outcome: object) -> None:
         job = self._in_flight.pop(task_id, None)
         if job is None:
             return
         self._running.remove(job)
-        if isinstance(outcome, dict) and "error" in outcome:
-            error = outcome["error"]
-            self._settle(job, JobState.FAILED, ERRORS_BY_CODE.get(error.get("code"), GenerationFailed)(
+        error = outcome.get("error") if isinstance(outcome, dict) else None
+        if isinstance(error, dict):
+            self._settle(job, JobState.FAILED, ERRORS_BY_CODE.get(str(error.get("code")), GenerationFailed)(
                 str(error.get("message", "Generation failed."))
             ))  # fmt: skip
             return
         try:
             result = result_from_payload(outcome)
         except (KeyError, TypeError, ValueError):
-            self._settle(job, JobState.FAILED, GenerationFailed("A worker sent back a broken result."))
+            self._settle(job, JobState.FAILED, GenerationFailed(BROKEN_RESULT))
             return
         per_image = result.generation_time / max(1, result.batch_images)
         self._seconds_per_image += ETA_SMOOTHING * (per_image - self._seconds_per_image)

@@ -54,8 +54,12 @@ def run_worker(settings: Settings) -> int:
         except UserFacingError as exc:
             log.warning("task %s: %s", task_id, exc)
             return {"error": {"code": exc.code, "message": str(exc)}}
+        log.info("task %s: %d images, %.2f s in a batch of %d", task_id, len(result.images),
+                 result.generation_time, result.batch_images)  # fmt: skip
         return {**result_to_payload(result), "worker": name}
 
+    # Celery's own line for each success quotes the result, which here is kilobytes of PNG bytes; ours is above
+    logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
     log.info("worker %s on %s: %d threads, batches of up to %d", name, settings.redis_url, threads, batch_images)
     try:
         app.worker_main(

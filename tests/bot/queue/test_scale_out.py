@@ -10,11 +10,14 @@ import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import msgpack
 import pytest
 import redis
 from celery.result import AsyncResult
 
 from bot.engine.requests import Kind, check_inputs
+from bot.errors import GenerationFailed
+from bot.queue import remote as remote_module
 from bot.queue.celery_app import GENERATE_TASK
 from bot.queue.remote import RemoteExecutor, open_remote_executor, task_id_for
 from bot.settings import Settings
@@ -143,6 +146,35 @@ async def test_a_restarted_bot_collects_what_finished_while_it_was_down(
         again = second.submit(request, user_id=1, key="request-17")
         result = await asyncio.wait_for(again.result(), 30)
     assert result.seeds == (3,) and len(result.images) == 1
+
+
+async def test_results_arrive_on_their_channel_without_waiting_for_a_sweep(
+    workers: Workers, settings_for: Settings, buckets, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(remote_module, "SWEEP_SECONDS", 3600)  # after the sweeps at start, only the channel is left
+    await asyncio.to_thread(workers.start)
+    async with open_remote_executor(settings_for) as remote:
+        await asyncio.sleep(1)  # subscribed, and the start's sweeps are done
+        job = remote.submit(check_inputs(Kind.IMAGINE, "a prompt fox", buckets=buckets, steps=1), user_id=1)
+        assert len((await asyncio.wait_for(job.result(), 60)).images) == 1
+
+
+async def test_a_forged_result_fails_its_job_and_the_next_result_still_arrives(
+    workers: Workers, settings_for: Settings, redis_server: RedisServer, buckets, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(remote_module, "SWEEP_SECONDS", 3600)
+    async with open_remote_executor(settings_for) as remote:
+        forged = remote.submit(check_inputs(Kind.IMAGINE, "forged", buckets=buckets, steps=1), user_id=1)
+        await asyncio.wait_for(_until(lambda: forged.state.value == "running"), 30)
+        key = remote._app.backend.get_key_for_task(task_id_for(forged))
+        channel = redis.Redis.from_url(redis_server.url)
+        for record in (b"\x80\x04not msgpack", msgpack.packb({"status": "SUCCESS", "result": {"error": 7}})):
+            channel.publish(key, record)
+        with pytest.raises(GenerationFailed, match="broken result"):
+            await asyncio.wait_for(forged.result(), 30)
+        await asyncio.to_thread(workers.start)
+        honest = remote.submit(check_inputs(Kind.IMAGINE, "honest", buckets=buckets, steps=1), user_id=2)
+        assert len((await asyncio.wait_for(honest.result(), 60)).images) == 1
 
 
 class MakesADirectory:
