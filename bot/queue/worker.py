@@ -54,8 +54,8 @@ def run_worker(settings: Settings) -> int:
         except UserFacingError as exc:
             log.warning("task %s: %s", task_id, exc)
             return {"error": {"code": exc.code, "message": str(exc)}}
-        log.info("task %s: %d images, %.2f s in a batch of %d", task_id, len(result.images),
-                 result.generation_time, result.batch_images)  # fmt: skip
+        log.info("task %s done: %.2f s on the GPU, batch size %d", task_id, result.generation_time,
+                 result.batch_images)  # fmt: skip
         return {**result_to_payload(result), "worker": name}
 
     # Celery's own line for each success quotes the result, which here is kilobytes of PNG bytes; ours is above

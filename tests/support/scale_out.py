@@ -61,8 +61,8 @@ class Workers:
             **os.environ,
             "PYTHONPATH": str(REPOSITORY),
             "HF_HUB_OFFLINE": "1",
-            "LOG_LEVEL": "WARNING",
             **{name.upper(): str(value) for name, value in self.settings.model_dump().items() if value is not None},
+            "LOG_LEVEL": "WARNING",
         }
         environment.pop("DISCORD_TOKEN", None)
         environment["LIMIT_EXEMPT_ROLES"] = "[]"
