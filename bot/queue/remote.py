@@ -84,7 +84,7 @@ class RemoteExecutor(JobQueue):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), PING_SECONDS)
         finally:
-            watcher.cancel()
+            await _cancelled(watcher)
 
     async def _dispatch(self, job: Job) -> bool:
         """Publish the job as a task (or find its finished result); False when Redis refused it."""
@@ -137,7 +137,7 @@ class RemoteExecutor(JobQueue):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._sweep_now.wait(), SWEEP_SECONDS)
         finally:
-            listener.cancel()
+            await _cancelled(listener)
 
     async def _listen(self) -> None:
         """Take each result the moment a worker stores it, from the channel Celery publishes it on."""
@@ -226,6 +226,13 @@ class RemoteExecutor(JobQueue):
         self._in_flight.clear()
         self._running.clear()
         self._io.shutdown(wait=False)
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    """Cancel `task` and wait until it has closed its Redis connections."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 @contextlib.asynccontextmanager

@@ -89,8 +89,8 @@ async def test_a_worker_killed_mid_job_leaves_it_to_another(
     first = await asyncio.to_thread(workers.start)
     request = check_inputs(Kind.IMAGINE, "a slow fox", buckets=buckets, steps=8, count=2)
     job = remote.submit(request, user_id=1)
-    queue = redis.Redis.from_url(redis_server.url)
-    await asyncio.wait_for(_until(lambda: job.state.value == "running" and queue.llen("celery") == 0), 30)
+    with redis.Redis.from_url(redis_server.url) as queue:
+        await asyncio.wait_for(_until(lambda: job.state.value == "running" and queue.llen("celery") == 0), 30)
     first.send_signal(signal.SIGKILL)
     first.wait(10)
     assert AsyncResult(task_id_for(job), app=remote._app).state != "SUCCESS", "the job ended before the kill"
@@ -167,9 +167,9 @@ async def test_a_forged_result_fails_its_job_and_the_next_result_still_arrives(
         forged = remote.submit(check_inputs(Kind.IMAGINE, "forged", buckets=buckets, steps=1), user_id=1)
         await asyncio.wait_for(_until(lambda: forged.state.value == "running"), 30)
         key = remote._app.backend.get_key_for_task(task_id_for(forged))
-        channel = redis.Redis.from_url(redis_server.url)
-        for record in (b"\x80\x04not msgpack", msgpack.packb({"status": "SUCCESS", "result": {"error": 7}})):
-            channel.publish(key, record)
+        with redis.Redis.from_url(redis_server.url) as channel:
+            for record in (b"\x80\x04not msgpack", msgpack.packb({"status": "SUCCESS", "result": {"error": 7}})):
+                channel.publish(key, record)
         with pytest.raises(GenerationFailed, match="broken result"):
             await asyncio.wait_for(forged.result(), 30)
         await asyncio.to_thread(workers.start)
