@@ -1,80 +1,185 @@
-"""A short GPU probe of where one request's time goes, for the open question of issue 6 (our pipeline call is
-slower than plain diffusers on a GPU). Full-size random weights, 1024x1024, 4 steps.
+"""Where one request's time and memory go, ours against plain diffusers, for issue 6's open question: on a GPU
+our generation measured slower than a plain diffusers call over the very same UNet.
 
-    python -m bench.gpu_probe [--configs DIR] [--compile-seconds 120]
+    python -m bench.gpu_probe [--configs DIR] [--compile-seconds 120]   # CUDA GPU, full size, 1024x1024
+    python -m bench.gpu_probe --tiny --compile-seconds 0                # smoke run on the CPU
 
-Prints: VAE decode time and finiteness per dtype; our `generate` at 1 and 8 images with the number of float32
-retries; the latent-only pipeline call (text encoders + UNet steps); and the regional compile of one bucket.
+Prints, each side by side in one process on one card:
+1. one UNet forward at batch 1, the latent-only pipeline call (text encoders + 4 UNet steps) of plain and of
+   ours, alternated so that clock or thermal drift hits both alike;
+2. ours taken apart: prompt encoding (a new prompt), denoising (cached prompt), VAE decode, PNG encoding,
+   each with its peak memory, against plain's whole call and its peak;
+3. the ten costliest operators of plain's and of our latent-only call (torch.profiler, device time on a GPU);
+4. VAE decode per dtype, and with `--compile-seconds` above 0, the regional compile of the 1:1 bucket.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-import torch
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench.gpu import DEFAULT_CONFIGS, full_size_pipeline, ours_from
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from bench.gpu import DEFAULT_CONFIGS, STEPS, full_size_pipeline, ours_from, tiny_pipeline
 from bot.engine.compiled import CompiledTwins, use_compile_cache
-from bot.engine.generation import generate, render
+from bot.engine.generation import _denoise, generate, render
+from bot.engine.images import encode_png
 from bot.engine.requests import Kind, bucket_sizes, check_inputs
 
+REPEATS = 3
 
-def seconds(run, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
+
+class Probe:
+    """Timing and peak memory that respect the GPU's asynchrony; on the CPU, memory is not measured."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def seconds(self, run: Callable[[], object], repeats: int = REPEATS) -> float:
+        times = []
+        for _ in range(repeats):
+            self.sync()
+            start = time.perf_counter()
+            run()
+            self.sync()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    def peak_gib(self, run: Callable[[], object]) -> float:
+        if self.device.type != "cuda":
+            run()
+            return float("nan")
+        self.sync()
+        torch.cuda.reset_peak_memory_stats()
         run()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return round(statistics.median(times), 4)
+        return torch.cuda.max_memory_allocated() / 2**30
+
+    def report(self, label: str, run: Callable[[], object], repeats: int = REPEATS) -> None:
+        peak = self.peak_gib(run)
+        print(f"{label:<44} {self.seconds(run, repeats) * 1000:9.1f} ms   peak {peak:6.2f} GiB", flush=True)
+
+    def top_operators(self, label: str, run: Callable[[], object]) -> None:
+        on_gpu = self.device.type == "cuda"
+        activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if on_gpu else [])]
+        with profile(activities=activities) as profiled:
+            run()
+            self.sync()
+        sort_by = "self_cuda_time_total" if on_gpu else "self_cpu_time_total"
+        print(f"-- {label}: ten costliest operators", flush=True)
+        print(profiled.key_averages().table(sort_by=sort_by, row_limit=10, max_name_column_width=48), flush=True)
+
+
+def captured_unet_inputs(unet: torch.nn.Module, call: Callable[[], object]) -> tuple[tuple, dict]:
+    """The arguments of the UNet's first forward in `call`, to replay that forward alone."""
+    captured: list[tuple[tuple, dict]] = []
+    handle = unet.register_forward_pre_hook(
+        lambda module, args, kwargs: captured.append((args, kwargs)) if not captured else None, with_kwargs=True
+    )
+    try:
+        call()
+    finally:
+        handle.remove()
+    return captured[0]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--configs", type=Path, default=DEFAULT_CONFIGS)
     parser.add_argument("--compile-seconds", type=float, default=120)
+    parser.add_argument("--tiny", action="store_true", help="tiny test model on the CPU (smoke run)")
     args = parser.parse_args()
-    device = torch.device("cuda")
-    use_compile_cache(Path(tempfile.gettempdir()) / "lcm-probe-cache")
-    print(torch.cuda.get_device_name(), flush=True)
-    plain = full_size_pipeline(args.configs, device, Path(tempfile.mkdtemp()))
+    device = torch.device("cpu" if args.tiny else "cuda")
+    probe = Probe(device)
+    workdir = Path(tempfile.mkdtemp())
+    use_compile_cache(workdir / "compile-cache")
+    print(torch.cuda.get_device_name() if device.type == "cuda" else "CPU (tiny model)", flush=True)
+    plain = tiny_pipeline(workdir) if args.tiny else full_size_pipeline(args.configs, device, workdir)
+    plain.to(device)
     plain.set_progress_bar_config(disable=True)
-    latents = torch.randn(1, 4, 128, 128, device=device)
-    scale = plain.vae.config.scaling_factor
-    with torch.no_grad():
-        for dtype in (torch.float32, torch.bfloat16, torch.float16):
-            vae = plain.vae.to(dtype)
-            pixels = vae.decode(latents.to(dtype) / scale).sample
-            decode = seconds(lambda vae=vae, dtype=dtype: vae.decode(latents.to(dtype) / scale))
-            print(f"vae decode {dtype}: finite {torch.isfinite(pixels).all().item()}, {decode} s", flush=True)
-        plain.vae.to(torch.float16)
     ours = ours_from(plain, device)
-    buckets = bucket_sizes(1024)
-    one = check_inputs(Kind.IMAGINE, "a fox", buckets=buckets, seed=1)
-    four = check_inputs(Kind.IMAGINE, "a fox", buckets=buckets, count=4)
-    generate(ours, [one])
-    alone, eight = seconds(lambda: generate(ours, [one])), seconds(lambda: generate(ours, [four, four]), 1)
-    print(f"ours: 1 image {alone} s, 8 images {eight} s, float32 retries {ours.codec.float32_retries}", flush=True)
+    buckets = bucket_sizes(256 if args.tiny else 1024)
+    width, height = buckets["1:1"]
 
-    def latent_only(pipe) -> None:
-        pipe(prompt="a fox", num_inference_steps=4, guidance_scale=1.0, output_type="latent")
+    def plain_call(output_type: str = "pil") -> object:
+        return plain(
+            prompt="a fox", num_inference_steps=STEPS, guidance_scale=1.0, width=width, height=height,
+            output_type=output_type,
+        )  # fmt: skip
 
-    print(f"ours, latent-only pipeline call: {seconds(lambda: latent_only(ours.text2img))} s", flush=True)
-    print(f"plain, latent-only pipeline call: {seconds(lambda: latent_only(plain))} s", flush=True)
-    twins = CompiledTwins(ours, {"1:1": buckets["1:1"]}, 1)
-    started = time.perf_counter()
-    twins.start(render)
-    ready = twins.wait(args.compile_seconds)
-    print(f"compile 1:1 at batch 1: ready {ready} after {time.perf_counter() - started:.1f} s", flush=True)
-    if ready:
-        ours.compiled = twins
-        print(f"compiled: 1 image {seconds(lambda: generate(ours, [one]))} s", flush=True)
-        print(f"compiled, latent-only: {seconds(lambda: latent_only(twins.pipes.text2img))} s", flush=True)
+    def ours_latent_only() -> object:
+        return ours.text2img(
+            prompt="a fox", num_inference_steps=STEPS, guidance_scale=1.0, width=width, height=height,
+            output_type="latent",
+        )  # fmt: skip
+
+    # 1. The same work through both pipeline objects, alternated
+    unet = plain.unet
+    size = (height // 8, width // 8)
+    with torch.no_grad():
+        unet_inputs = captured_unet_inputs(unet, lambda: plain_call("latent"))
+        plain_call()
+        generate(ours, [check_inputs(Kind.IMAGINE, "warm-up", buckets=buckets, seed=1)])
+        probe.report("UNet forward, batch 1", lambda: unet(*unet_inputs[0], **unet_inputs[1]))
+        for round_ in (1, 2):
+            probe.report(f"plain, latent-only call (round {round_})", lambda: plain_call("latent"))
+            probe.report(f"ours, latent-only call (round {round_})", ours_latent_only)
+
+    # 2. Ours taken apart, against plain's whole call
+    request = check_inputs(Kind.IMAGINE, "a fox", buckets=buckets, seed=1)
+    fresh = iter(range(10**6))
+    probe.report(
+        "ours: prompt encoding, new prompt",
+        lambda: ours.embeddings.pipeline_inputs(ours.text2img, [f"new {next(fresh)}"], [""], with_negative=False),
+    )
+    generators = lambda: [torch.Generator("cpu").manual_seed(1)]  # noqa: E731
+    probe.report("ours: denoising, cached prompt", lambda: _denoise(ours, [request], generators(), lambda: False))
+    latents = _denoise(ours, [request], generators(), lambda: False)
+    probe.report(f"ours: VAE decode ({ours.codec.vae.dtype})", lambda: ours.codec.decode(latents))
+    image = ours.codec.decode(latents)[0]
+    probe.report("ours: PNG encoding", lambda: encode_png(image, {"prompt": "a fox"}))
+    probe.report("ours: generate, cached prompt", lambda: generate(ours, [request]))
+    probe.report("plain: whole call (VAE upcast to float32)", plain_call)
+    print(f"float32 retries: {ours.codec.float32_retries}", flush=True)
+
+    # 3. Where the time goes inside each latent-only call
+    with torch.no_grad():
+        probe.top_operators("plain, latent-only call", lambda: plain_call("latent"))
+        probe.top_operators("ours, latent-only call", ours_latent_only)
+
+    # 4. VAE dtypes and the compile of one bucket
+    decode_latents = torch.randn(1, plain.vae.config.latent_channels, *size, device=device)
+    scale = plain.vae.config.scaling_factor
+    dtypes = (torch.float32,) if args.tiny else (torch.float32, torch.bfloat16, torch.float16)
+    with torch.no_grad():
+        for dtype in dtypes:
+            vae = plain.vae.to(dtype)
+            finite = torch.isfinite(vae.decode(decode_latents.to(dtype) / scale).sample).all().item()
+            probe.report(
+                f"VAE decode {dtype}, finite {finite}",
+                lambda vae=vae, d=dtype: vae.decode(decode_latents.to(d) / scale),
+            )
+        plain.vae.to(plain.unet.dtype)
+    if args.compile_seconds > 0:
+        twins = CompiledTwins(ours, {"1:1": buckets["1:1"]}, 1)
+        started = time.perf_counter()
+        twins.start(render)
+        ready = twins.wait(args.compile_seconds)
+        print(f"compile 1:1 at batch 1: ready {ready} after {time.perf_counter() - started:.1f} s", flush=True)
+        if ready:
+            ours.compiled = twins
+            probe.report("compiled: generate, cached prompt", lambda: generate(ours, [request]))
 
 
 if __name__ == "__main__":
