@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -28,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from bench.gpu import DEFAULT_CONFIGS, STEPS, full_size_pipeline, ours_from, tiny_pipeline
+from bench.gpu import DEFAULT_CONFIGS, STEPS, Bench, full_size_pipeline, ours_from, tiny_pipeline
 from bot.engine.compiled import CompiledTwins, use_compile_cache
 from bot.engine.generation import _denoise, generate, render
 from bot.engine.images import encode_png
@@ -37,34 +36,8 @@ from bot.engine.requests import Kind, bucket_sizes, check_inputs
 REPEATS = 3
 
 
-class Probe:
-    """Timing and peak memory that respect the GPU's asynchrony; on the CPU, memory is not measured."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-
-    def sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-
-    def seconds(self, run: Callable[[], object], repeats: int = REPEATS) -> float:
-        times = []
-        for _ in range(repeats):
-            self.sync()
-            start = time.perf_counter()
-            run()
-            self.sync()
-            times.append(time.perf_counter() - start)
-        return statistics.median(times)
-
-    def peak_gib(self, run: Callable[[], object]) -> float:
-        if self.device.type != "cuda":
-            run()
-            return float("nan")
-        self.sync()
-        torch.cuda.reset_peak_memory_stats()
-        run()
-        return torch.cuda.max_memory_allocated() / 2**30
+class Probe(Bench):
+    """bench.gpu's timing and peak memory, printed a line per measure."""
 
     def report(self, label: str, run: Callable[[], object], repeats: int = REPEATS) -> None:
         peak = self.peak_gib(run)
@@ -101,7 +74,7 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="tiny test model on the CPU (smoke run)")
     args = parser.parse_args()
     device = torch.device("cpu" if args.tiny else "cuda")
-    probe = Probe(device)
+    probe = Probe(device, budget=float("inf"))
     workdir = Path(tempfile.mkdtemp())
     use_compile_cache(workdir / "compile-cache")
     print(torch.cuda.get_device_name() if device.type == "cuda" else "CPU (tiny model)", flush=True)
