@@ -41,6 +41,7 @@ TASK_ID_PREFIX = "lcm-bot-"
 BROKEN_RESULT = "A worker sent back a broken result."
 IN_FLIGHT_PER_SLOT = 2  # tasks in Redis per slot a worker can hold: one running, one ready behind it
 PING_SECONDS = 5.0  # how often live workers are counted
+WORKER_HEARD_SECONDS = 2 * PING_SECONDS + 1  # a worker counts as online this long after it was last heard from
 RETRY_SECONDS = 1.0  # pause after Redis refused a message
 ERRORS_BY_CODE: dict[str, type[UserFacingError]] = {
     error.code: error for error in (InvalidRequest, InvalidImage, GenerationFailed)
@@ -56,17 +57,20 @@ class RemoteExecutor(JobQueue):
         super().__init__(**options)
         self._app = app
         self._in_flight: dict[str, Job] = {}
-        self._workers = 0
+        self._last_heard: dict[str, float] = {}  # worker name -> when it last answered a ping or sent a result
         self._redis_lost = False
         self._sweep_now = asyncio.Event()
         self._io = ThreadPoolExecutor(max_workers=2, thread_name_prefix="redis")  # blocking Redis calls
 
     @property
     def workers_alive(self) -> int:
-        return self._workers
+        """Workers heard from lately: a ping reply or a result. A result counts because a ping reply can be
+        missed (the first ping of a connection often is), and a worker that just delivered is plainly alive."""
+        cutoff = time.monotonic() - WORKER_HEARD_SECONDS
+        return sum(1 for heard in self._last_heard.values() if heard >= cutoff)
 
     def _capacity(self) -> int:
-        return max(1, self._workers) * (self.max_batch_images + 1) * IN_FLIGHT_PER_SLOT
+        return max(1, self.workers_alive) * (self.max_batch_images + 1) * IN_FLIGHT_PER_SLOT
 
     # -- serving ---------------------------------------------------------------------------------------------
 
@@ -121,7 +125,7 @@ class RemoteExecutor(JobQueue):
             while True:
                 try:
                     if time.monotonic() >= next_ping:
-                        self._workers = await loop.run_in_executor(self._io, self._count_workers)
+                        self._heard_from(await loop.run_in_executor(self._io, self._ping_workers))
                         next_ping = time.monotonic() + PING_SECONDS
                     if self._redis_lost:
                         await loop.run_in_executor(self._io, self._republish)
@@ -132,7 +136,8 @@ class RemoteExecutor(JobQueue):
                 except Exception as exc:
                     if not self._redis_lost:
                         log.warning("Redis is unreachable (%s); jobs wait until it is back", exc)
-                    self._redis_lost, self._workers = True, 0
+                    self._redis_lost = True
+                self._last_heard.clear()
                 self._sweep_now.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._sweep_now.wait(), SWEEP_SECONDS)
@@ -156,8 +161,16 @@ class RemoteExecutor(JobQueue):
                 log.debug("not listening for results (%s); the sweep collects them meanwhile", exc)
                 await asyncio.sleep(RETRY_SECONDS)
 
-    def _count_workers(self) -> int:
-        return len(self._app.control.ping(timeout=0.5))
+    def _ping_workers(self) -> list[str]:
+        """The names of the workers that answer a ping within half a second."""
+        return [name for reply in self._app.control.ping(timeout=0.5) for name in reply]
+
+    def _heard_from(self, workers: list[str]) -> None:
+        now = time.monotonic()
+        for name, heard in list(self._last_heard.items()):
+            if heard < now - WORKER_HEARD_SECONDS:
+                del self._last_heard[name]  # a worker that restarted comes back under a new name
+        self._last_heard.update(dict.fromkeys(workers, now))
 
     def _finished(self, task_ids: list[str]) -> dict[str, object]:
         """The outcomes of the tasks that ended, read in one round trip (MGET) however many are in flight."""
@@ -210,6 +223,8 @@ class RemoteExecutor(JobQueue):
         except (KeyError, TypeError, ValueError):
             self._settle(job, JobState.FAILED, GenerationFailed(BROKEN_RESULT))
             return
+        if isinstance(outcome.get("worker"), str):
+            self._heard_from([outcome["worker"]])
         per_image = result.generation_time / max(1, result.batch_images)
         self._seconds_per_image += ETA_SMOOTHING * (per_image - self._seconds_per_image)
         self.metrics.batch_done(len(result.images), result.generation_time)

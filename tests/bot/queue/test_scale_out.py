@@ -1,5 +1,6 @@
 """The scale-out for real: a redis-server on 127.0.0.1, `lcm-bot worker` processes on the tiny model, and the
-bot's `RemoteExecutor`. `.ci/run` installs redis-server where it is missing."""
+bot's `RemoteExecutor` (and once, the whole bot process against the fake Discord). `.ci/run` installs
+redis-server where it is missing."""
 
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ from bot.queue import remote as remote_module
 from bot.queue.celery_app import GENERATE_TASK
 from bot.queue.remote import RemoteExecutor, open_remote_executor, task_id_for
 from bot.settings import Settings
+from tests.cogs.test_generate import ephemeral_reply
+from tests.fakediscord import FakeDiscord
+from tests.support.bot_process import start_bot_process
 from tests.support.scale_out import RedisServer, Workers
 from tests.support.tiny_model import TinyModel
 
@@ -175,6 +179,25 @@ async def test_a_forged_result_fails_its_job_and_the_next_result_still_arrives(
         await asyncio.to_thread(workers.start)
         honest = remote.submit(check_inputs(Kind.IMAGINE, "honest", buckets=buckets, steps=1), user_id=2)
         assert len((await asyncio.wait_for(honest.result(), 60)).images) == 1
+
+
+async def test_the_bot_serves_discord_through_a_remote_worker(
+    fake: FakeDiscord, tiny_model: TinyModel, workers: Workers, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    await asyncio.to_thread(workers.start)
+    bot = await start_bot_process(
+        fake, tiny_model, tmp_path / "bot.sqlite3", QUEUE_BACKEND="redis", REDIS_URL=redis_server.url
+    )
+    try:
+        user = fake.add_user("ada")
+        interaction = await fake.run_command(user, "imagine", {"prompt": "a lighthouse", "count": 2})
+        await fake.wait_for(lambda: any(message.attachments for message in interaction.messages()), 120)
+        [delivered] = [message for message in interaction.messages() if message.attachments]
+        assert len(delivered.attachments) == 2
+        assert "1 GPU worker online" in await ephemeral_reply(fake, await fake.run_command(user, "queue"))
+    finally:
+        bot.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(bot.wait(), 60) == 0
 
 
 class MakesADirectory:
