@@ -137,7 +137,7 @@ class RemoteExecutor(JobQueue):
                     if not self._redis_lost:
                         log.warning("Redis is unreachable (%s); jobs wait until it is back", exc)
                     self._redis_lost = True
-                self._last_heard.clear()
+                    self._last_heard.clear()
                 self._sweep_now.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._sweep_now.wait(), SWEEP_SECONDS)
