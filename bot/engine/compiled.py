@@ -7,8 +7,9 @@ serves seven aspect buckets at every batch size. Four choices keep that cost awa
   eager models, so they cost no memory and the eager models keep serving while the twins compile on a thread.
 - Regional, dynamic compilation: the UNet compiles only its repeated transformer blocks (diffusers'
   `compile_repeated_blocks`), where most of its time goes; one compiled block serves every instance of it. Sizes
-  are symbolic (`dynamic=True`), so one compilation covers every bucket and batch size: warming each bucket
-  at batch 1 and at the largest batch checks that nothing specialises, instead of compiling per shape.
+  are symbolic (`dynamic=True`), so one compilation covers every bucket and batch size; only batch 1 gets
+  graphs of its own (torch specialises sizes of 1). Warming each bucket at batch 1 and at the largest batch
+  checks that nothing else specialises, instead of compiling per shape.
 - A persistent cache: inductor keeps compiled kernels in `COMPILE_CACHE_DIR`, so a restart replays them.
 - The twins take over only once every bucket has run through them, and then run under `fail_on_recompile`:
   a batch that would still need compiling falls back to eager (and its shape stays eager) rather than stall.
@@ -16,12 +17,13 @@ serves seven aspect buckets at every batch size. Four choices keep that cost awa
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -65,9 +67,6 @@ class CompiledTwins:
     def __init__(self, eager: Pipelines, buckets: dict[str, tuple[int, int]], max_batch_images: int) -> None:
         self.buckets = buckets
         self.max_batch_images = max_batch_images
-        # Every compiled module shares one code object (`Module._call_impl`), so all their graphs count against
-        # one per-code limit (8 by default); past it dynamo would run them eager without a word.
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
         unet = weight_sharing_twin(eager.text2img.unet)
         unet.compile_repeated_blocks(fullgraph=True, dynamic=True)
         vae = weight_sharing_twin(eager.codec.vae)
@@ -78,6 +77,7 @@ class CompiledTwins:
         )
         self.pipes.styles = eager.styles  # templates only: batches with a LoRA style run eager (generation.py)
         self.compile_seconds: float | None = None
+        self.graphs_compiled = 0  # during the warm-up; each costs tens of seconds
         self.batches_served = 0
         self._ready = threading.Event()
         self._finished = threading.Event()  # set when compilation ends, ready or failed
@@ -140,15 +140,41 @@ class CompiledTwins:
         )
 
     def _compile(self, render: Callable[[Pipelines, list[GenerationRequest]], object]) -> None:
-        started = time.perf_counter()
+        started, graphs_before = time.perf_counter(), _unique_graphs()
         try:
-            for batch in self.warm_up_batches():
-                render(self.pipes, batch)
+            with compiler_settings():
+                for batch in self.warm_up_batches():
+                    render(self.pipes, batch)
         except Exception:
             log.exception("compiling the models failed; serving stays eager")
         else:
             self.compile_seconds = time.perf_counter() - started
-            log.info("compiled models ready after %.1f s; they serve from now on", self.compile_seconds)
+            self.graphs_compiled = _unique_graphs() - graphs_before
+            log.info(
+                "compiled models ready after %.1f s (%d graphs); they serve from now on",
+                self.compile_seconds,
+                self.graphs_compiled,
+            )
             self._ready.set()
         finally:
             self._finished.set()
+
+
+@contextlib.contextmanager
+def compiler_settings() -> Iterator[None]:
+    """torch's compiler settings for the thread that compiles. They must be set there: an assignment to
+    torch's config modules holds only for the thread that makes it."""
+    # Every compiled module shares one code object (`Module._call_impl`), so all their graphs count against one
+    # per-code limit (8 by default); past it dynamo would run them eager without a word.
+    recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    # "Duck sizing" makes sizes that happen to be equal one symbol, so square latents (1:1) would get VAE
+    # decoder graphs of their own, compiled again for the other aspects.
+    with (
+        torch._dynamo.config.patch(recompile_limit=recompile_limit),
+        torch.fx.experimental._config.patch(use_duck_shape=False),
+    ):
+        yield
+
+
+def _unique_graphs() -> int:
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
