@@ -154,8 +154,8 @@ class RemoteExecutor(JobQueue):
                     await channels.psubscribe(key_prefix + TASK_ID_PREFIX.encode() + b"*")
                     self._sweep_now.set()  # what was stored before this subscription is found by a sweep
                     async for message in channels.listen():
-                        if message["type"] == "pmessage":
-                            task_id = message["channel"][len(key_prefix) :].decode()
+                        task_id = message["channel"][len(key_prefix) :].decode()
+                        if message["type"] == "pmessage" and task_id in self._in_flight:
                             self._collect(self._outcomes({task_id: message["data"]}))
             except (redis.RedisError, OSError) as exc:
                 log.debug("not listening for results (%s); the sweep collects them meanwhile", exc)
