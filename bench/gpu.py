@@ -201,6 +201,7 @@ def compile_twins(bench: Bench, ours: Pipelines, buckets, batch: int) -> bool:
         print("compilation did not finish in the budget (or failed; see the log)", flush=True)
         return False
     bench.record("compile, cold cache, s", "+compiled", f"{twins.compile_seconds:.1f}")
+    bench.record("graphs compiled", "+compiled", str(twins.graphs_compiled))
     ours.compiled = twins
     return True
 
