@@ -16,6 +16,7 @@ Prints, each side by side in one process on one card:
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import tempfile
 import time
@@ -111,12 +112,15 @@ def main() -> None:
 
     # 2. Ours taken apart, against plain's whole call
     request = check_inputs(Kind.IMAGINE, "a fox", buckets=buckets, seed=1)
-    fresh = iter(range(10**6))
+    fresh = itertools.count()
     probe.report(
         "ours: prompt encoding, new prompt",
         lambda: ours.embeddings.pipeline_inputs(ours.text2img, [f"new {next(fresh)}"], [""], with_negative=False),
     )
-    generators = lambda: [torch.Generator("cpu").manual_seed(1)]  # noqa: E731
+
+    def generators() -> list[torch.Generator]:
+        return [torch.Generator("cpu").manual_seed(1)]
+
     probe.report("ours: denoising, cached prompt", lambda: _denoise(ours, [request], generators(), lambda: False))
     latents = _denoise(ours, [request], generators(), lambda: False)
     probe.report(f"ours: VAE decode ({ours.codec.vae.dtype})", lambda: ours.codec.decode(latents))

@@ -140,7 +140,7 @@ class CompiledTwins:
         )
 
     def _compile(self, render: Callable[[Pipelines, list[GenerationRequest]], object]) -> None:
-        started, graphs_before = time.perf_counter(), _unique_graphs()
+        started, graphs_before = time.perf_counter(), compiled_graph_count()
         try:
             with compiler_settings():
                 for batch in self.warm_up_batches():
@@ -149,7 +149,7 @@ class CompiledTwins:
             log.exception("compiling the models failed; serving stays eager")
         else:
             self.compile_seconds = time.perf_counter() - started
-            self.graphs_compiled = _unique_graphs() - graphs_before
+            self.graphs_compiled = compiled_graph_count() - graphs_before
             log.info(
                 "compiled models ready after %.1f s (%d graphs); they serve from now on",
                 self.compile_seconds,
@@ -176,5 +176,6 @@ def compiler_settings() -> Iterator[None]:
         yield
 
 
-def _unique_graphs() -> int:
+def compiled_graph_count() -> int:
+    """Graphs dynamo has compiled in this process, whatever the thread."""
     return torch._dynamo.utils.counters["stats"]["unique_graphs"]

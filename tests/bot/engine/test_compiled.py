@@ -7,10 +7,9 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from bot.engine.compiled import CompiledTwins, weight_sharing_twin
+from bot.engine.compiled import CompiledTwins, compiled_graph_count, weight_sharing_twin
 from bot.engine.generation import generate, render
 from bot.engine.pipelines import Pipelines
 from bot.engine.requests import Kind, check_inputs
@@ -18,10 +17,6 @@ from bot.engine.requests import Kind, check_inputs
 MAX_BATCH = 2
 COMPILED_ASPECTS = ("1:1", "16:9")  # each compiled graph costs tens of seconds on a CPU
 pytestmark = pytest.mark.timeout(900)
-
-
-def compiled_graphs() -> int:
-    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
 
 
 def pixels(image: Image.Image) -> np.ndarray:
@@ -77,10 +72,10 @@ def test_serving_every_covered_shape_never_compiles(pipes: Pipelines, buckets, s
     ]
     batches.append([check_inputs(Kind.REMIX, "a fox", buckets=buckets, init_image=source, steps=4)])
     batches.append([check_inputs(Kind.INPAINT, "a fox", buckets=buckets, init_image=source, mask=mask, steps=4)])
-    graphs, served = compiled_graphs(), served_by.batches_served
+    graphs, served = compiled_graph_count(), served_by.batches_served
     for batch in batches:
         generate(pipes, batch)
-    assert compiled_graphs() == graphs
+    assert compiled_graph_count() == graphs
     assert served_by.batches_served == served + len(batches)
 
 
@@ -93,14 +88,14 @@ def test_batches_larger_than_warmed_up_run_eager(pipes: Pipelines, buckets, serv
 
 def test_a_batch_that_would_recompile_falls_back_to_eager(pipes: Pipelines, buckets, served_by: CompiledTwins) -> None:
     request = check_inputs(Kind.IMAGINE, "a fox", buckets=buckets, aspect="1:1", seed=4)
-    served, graphs = served_by.batches_served, compiled_graphs()
+    served, graphs = served_by.batches_served, compiled_graph_count()
     served_by.pipes.text2img.unet.train()  # a guard the compiled blocks check: they would have to recompile
     try:
         [[image]] = generate(pipes, [request])
         [[again]] = generate(pipes, [request])
     finally:
         served_by.pipes.text2img.unet.eval()
-    assert served_by.batches_served == served and compiled_graphs() == graphs
+    assert served_by.batches_served == served and compiled_graph_count() == graphs
     assert np.array_equal(pixels(image), pixels(render(pipes, [request])[0]))
     # the shape stays eager from then on, without trying the twins again
     assert np.array_equal(pixels(again), pixels(image))
