@@ -9,6 +9,7 @@ inverting and growing them needs no model.
 from __future__ import annotations
 
 import io
+import logging
 import threading
 
 import numpy as np
@@ -17,6 +18,9 @@ from PIL import Image, ImageFilter
 
 from bot.errors import InvalidRequest
 
+log = logging.getLogger(__name__)
+
+MODEL_UNAVAILABLE = "Masks described in words are not available on this bot right now. Attach a `mask` instead."
 THRESHOLD = 0.4  # CLIPSeg's scores are soft; 0.4 keeps edges a little generous, which inpainting likes
 MIN_COVERAGE = 0.005  # below this the mask is empty in practice
 MAX_COVERAGE = 0.995  # above, it is the whole image: that is a remix, not an inpaint
@@ -43,12 +47,20 @@ class TextMasker:
         return resized.point(lambda value: 255 if value >= THRESHOLD * 255 else 0)
 
     def _loaded(self):
+        """The model, loaded on first use. A model that cannot be loaded (not downloaded, a wrong `MASK_MODEL`)
+        is one log line for the owner and a way out for the user; the next request tries again, so a download
+        made meanwhile is picked up without a restart."""
         with self._lock:
             if self._model is None:
                 from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
 
-                self._processor = CLIPSegProcessor.from_pretrained(self.source)
-                self._model = CLIPSegForImageSegmentation.from_pretrained(self.source).to(self.device).eval()
+                try:
+                    processor = CLIPSegProcessor.from_pretrained(self.source)
+                    model = CLIPSegForImageSegmentation.from_pretrained(self.source)
+                except (OSError, ValueError) as exc:  # what from_pretrained raises for a missing or wrong model
+                    log.error("MASK_MODEL=%s cannot be loaded: %s", self.source, str(exc).splitlines()[0])
+                    raise InvalidRequest(MODEL_UNAVAILABLE) from None
+                self._processor, self._model = processor, model.to(self.device).eval()
             return self._model, self._processor
 
 

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 from PIL import Image
 
+from bot.engine import text_masks
+from bot.engine.pipelines import Pipelines
 from bot.engine.text_masks import check_coverage, grow, invert
 from bot.errors import InvalidRequest
 from tests.cogs.test_generate import ephemeral_reply, photo, result, upload
 from tests.cogs.test_guild_settings import settings_reply
 from tests.fakediscord import FakeDiscord, FakeInteraction, FakeMessage
+from tests.support.runners import RecordingRunner
 
 
 def tinted(message: FakeMessage) -> np.ndarray:
@@ -25,11 +30,15 @@ def button(message: FakeMessage, action: str) -> str:
     return custom_id
 
 
-async def preview_for(fake: FakeDiscord, user: int, phrase: str = "the sky") -> FakeInteraction:
+async def preview_for_reply(fake: FakeDiscord, user: int, phrase: str = "the sky") -> FakeInteraction:
     grey = Image.new("RGB", (256, 256), (128, 128, 128))  # no red: any red in the preview is the tint
-    asked = await fake.run_command(
+    return await fake.run_command(
         user, "inpaint", {"image": upload(fake, grey), "prompt": "a storm", "mask_prompt": phrase}
     )
+
+
+async def preview_for(fake: FakeDiscord, user: int, phrase: str = "the sky") -> FakeInteraction:
+    asked = await preview_for_reply(fake, user, phrase)
     await fake.wait_for(lambda: asked.original is not None and asked.original.attachments, timeout=60)
     return asked
 
@@ -90,6 +99,56 @@ async def test_a_mask_and_a_mask_prompt_together_are_refused(fake: FakeDiscord, 
         user, "inpaint", {"image": image, "mask": mask, "prompt": "a storm", "mask_prompt": "the sky"}
     )
     assert "either a `mask` or a `mask_prompt`" in await ephemeral_reply(fake, asked)
+
+
+async def test_confirming_an_empty_or_full_mask_is_refused_and_queues_nothing(
+    fake: FakeDiscord, start_bot, pipes: Pipelines, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(text_masks, "THRESHOLD", 2.0)  # no score reaches it: the mask comes out empty
+    runner = RecordingRunner(pipes)
+    await start_bot(runner=runner)
+    user = fake.add_user("ada")
+    asked = await preview_for(fake, user)
+    assert "The mask selects nothing" in asked.original.content
+    refused = await fake.click(user, asked.original, button(asked.original, "confirm"))
+    assert "The mask selects nothing" in await ephemeral_reply(fake, refused)
+    await fake.click(user, asked.original, button(asked.original, "invert"))
+    await fake.wait_for(lambda: "whole picture" in asked.original.content)
+    refused = await fake.click(user, asked.original, button(asked.original, "confirm"))
+    assert "The mask selects the whole picture" in await ephemeral_reply(fake, refused)
+    await fake.click(user, asked.original, button(asked.original, "cancel"))  # the preview was kept until now
+    await fake.wait_for(lambda: asked.original.content.startswith("Cancelled"))
+    assert runner.batches == []
+
+
+async def test_the_mask_is_made_on_the_thread_that_runs_the_pipeline(
+    fake: FakeDiscord, start_bot, pipes: Pipelines, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: dict[str, str] = {}
+
+    class ThreadRecorder(RecordingRunner):
+        def __call__(self, requests, should_stop):
+            threads["pipeline"] = threading.current_thread().name
+            return super().__call__(requests, should_stop)
+
+    bot = await start_bot(runner=ThreadRecorder(pipes))
+    make_mask = bot.engine.masker.mask
+
+    def recording_mask(image, phrase):
+        threads["mask"] = threading.current_thread().name
+        return make_mask(image, phrase)
+
+    monkeypatch.setattr(bot.engine.masker, "mask", recording_mask)
+    user = fake.add_user("ada")
+    asked = await preview_for(fake, user)
+    await result(fake, await fake.click(user, asked.original, button(asked.original, "confirm")))
+    assert threads["mask"] == threads["pipeline"] != threading.main_thread().name
+
+
+async def test_a_mask_model_that_cannot_load_leaves_a_way_out(fake: FakeDiscord, start_bot) -> None:
+    await start_bot(mask_model="/nowhere/clipseg")
+    asked = await preview_for_reply(fake, fake.add_user("ada"))
+    assert "Attach a `mask` instead" in await ephemeral_reply(fake, asked)
 
 
 def test_an_empty_or_full_mask_is_refused_with_a_way_out() -> None:
