@@ -15,6 +15,7 @@ from bot.errors import InvalidRequest
 
 PROMPT_SLOT = "{prompt}"
 AUTOCOMPLETE_CHOICES = 25  # Discord shows at most 25 suggestions
+TEMPLATE_MAX_CHARS = 300
 
 
 class StylesUnavailable(Exception):
@@ -26,8 +27,9 @@ class Style(BaseModel):
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")
     description: str = Field(min_length=1, max_length=100)
-    template: str = PROMPT_SLOT
-    negative: str | None = None
+    # /styles shows the template in an embed field; with these caps ten styles fit one message's embed limits
+    template: str = Field(default=PROMPT_SLOT, max_length=TEMPLATE_MAX_CHARS)
+    negative: str | None = Field(default=None, max_length=TEMPLATE_MAX_CHARS)
     lora: str | None = None  # a hub id, a folder or a .safetensors file in the diffusers LoRA format
     weight: float = Field(default=1.0, ge=0.0, le=2.0)
     example: Path | None = None  # an image shown by /styles

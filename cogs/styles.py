@@ -42,7 +42,8 @@ class StylesCog(commands.Cog):
             await interaction.response.send_message("This bot has no styles set up.", ephemeral=True)
             return
         embeds, files = [], []
-        for style in list(book)[:MAX_EMBEDS]:
+        shown = list(book)[:MAX_EMBEDS]
+        for style in shown:
             embed = discord.Embed(title=style.name, description=style.description, colour=COLOUR)
             embed.add_field(name="Prompt", value=style.template.replace("{prompt}", "…"), inline=False)
             example = await _example(style)
@@ -51,7 +52,9 @@ class StylesCog(commands.Cog):
                 files.append(SpecFile(io.BytesIO(example), filename=name))
                 embed.set_thumbnail(url=f"attachment://{name}")
             embeds.append(embed)
-        await interaction.response.send_message(embeds=embeds, files=files, ephemeral=True)
+        more = len(book) - len(shown)
+        content = f"…and {more} more: type in the `style` option to search them all." if more else None
+        await interaction.response.send_message(content, embeds=embeds, files=files, ephemeral=True)
 
 
 async def _example(style: Style) -> bytes | None:

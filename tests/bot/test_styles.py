@@ -48,6 +48,10 @@ def test_example_images_are_relative_to_the_file(tmp_path: Path) -> None:
         ('[[style]]\nname = "ink"\ndescription = "Ink"\ntemplate = "no slot"\n', "template"),
         ('[[style]]\nname = "Bad Name"\ndescription = "x"\n', "name"),
         ('[[style]]\nname = "ink"\ndescription = "x"\nweight = 5\n', "weight"),
+        (
+            f'[[style]]\nname = "ink"\ndescription = "x"\nnegative = "{"n" * 301}"\n',
+            "negative: String should have at most 300",
+        ),
         ('[[style]]\nname = "ink"\ndescription = "x"\n[[style]]\nname = "ink"\ndescription = "y"\n', "share a name"),
         ('style = "ink"\n', "[[style]] tables"),
     ],

@@ -8,7 +8,7 @@ from PIL import Image
 
 from bot.engine.adapters import StyleAdapters
 from bot.engine.pipelines import Pipelines
-from bot.styles import Style, StyleBook
+from bot.styles import TEMPLATE_MAX_CHARS, Style, StyleBook
 from tests.cogs.test_generate import ephemeral_reply, result
 from tests.fakediscord import FakeDiscord
 from tests.support.runners import RecordingRunner
@@ -37,6 +37,19 @@ async def test_styles_lists_each_preset_with_its_example(fake: FakeDiscord, star
     assert [embed["title"] for embed in listing.original.embeds] == ["ink", "oil"]
     assert listing.original.embeds[0]["fields"][0]["value"] == "ink drawing of …"
     assert [attachment["filename"] for attachment in listing.original.attachments] == ["ink.png"]
+
+
+async def test_more_styles_than_one_message_holds_point_to_the_search(
+    fake: FakeDiscord, start_bot, pipes: Pipelines, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    long_template = "{prompt}, " + "x" * (TEMPLATE_MAX_CHARS - len("{prompt}, "))
+    book = StyleBook([Style(name=f"s{n}", description="d" * 100, template=long_template) for n in range(12)])
+    monkeypatch.setattr(pipes, "styles", StyleAdapters(None, book))
+    await start_bot()
+    listing = await fake.run_command(fake.add_user("ada"), "styles")
+    await fake.wait_for(lambda: listing.original is not None)
+    assert len(listing.original.embeds) == 10  # the fake checks the body against Discord's schema and limits
+    assert listing.original.content == "…and 2 more: type in the `style` option to search them all."
 
 
 async def test_a_style_is_applied_and_an_unknown_one_is_refused_kindly(

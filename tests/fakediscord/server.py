@@ -21,7 +21,7 @@ from aiohttp import WSMsgType, web
 from PIL import Image
 
 from tests.fakediscord import payloads
-from tests.fakediscord.spec import OpenApiSpec, Operation
+from tests.fakediscord.spec import OpenApiSpec, Operation, embed_limit_violations
 
 API_PREFIX = "/api/v10"
 EPHEMERAL = 1 << 6
@@ -376,6 +376,7 @@ class FakeDiscord:
             self.violations.append(f"unknown route {request.method} {path}")
             return _error(404, 0, "404: Not Found")
         self.violations.extend(self.spec.violations(operation, body))
+        self.violations.extend(embed_limit_violations(body))
         try:
             self._raise_injected(request.method, path)
             result = await self._handle(operation, request, body, files)

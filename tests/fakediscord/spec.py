@@ -75,6 +75,26 @@ class OpenApiSpec:
         return Draft202012Validator({"$ref": f"{SPEC_URI}#/{pointer}"}, registry=self.registry)
 
 
+EMBED_TOTAL_MAX_CHARS = 6000
+
+
+def embed_limit_violations(body: object) -> list[str]:
+    """Discord's documented limit that no schema can state: the titles, descriptions, field names and values,
+    footers and author names of all of a message's embeds hold at most 6000 characters together."""
+    if not isinstance(body, dict):
+        return []
+    data = body.get("data") if isinstance(body.get("data"), dict) else body  # an interaction callback nests it
+    total = 0
+    for embed in data.get("embeds") or []:
+        texts = [embed.get("title"), embed.get("description")]
+        texts += [(embed.get("footer") or {}).get("text"), (embed.get("author") or {}).get("name")]
+        texts += [text for field in embed.get("fields") or [] for text in (field.get("name"), field.get("value"))]
+        total += sum(len(text or "") for text in texts)
+    if total > EMBED_TOTAL_MAX_CHARS:
+        return [f"embeds hold {total} characters together; Discord allows {EMBED_TOTAL_MAX_CHARS}"]
+    return []
+
+
 def _deepest(error: ValidationError) -> ValidationError:
     """For anyOf/oneOf failures, the leaf error of the branch that matched furthest says the most."""
     leaves = [_deepest(candidate) for candidate in error.context] if error.context else [error]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tests.fakediscord import OpenApiSpec
+from tests.fakediscord.spec import embed_limit_violations
 
 
 def test_operations_are_matched_literal_segments_first(discord_spec: OpenApiSpec) -> None:
@@ -22,3 +23,10 @@ def test_valid_and_invalid_bodies(discord_spec: OpenApiSpec) -> None:
     assert "attachments/0/id" in integer_id and "string" in integer_id
     row = {"type": 1, "components": [{"type": 2, "style": 1, "label": "x", "custom_id": "c" * 101}]}
     assert discord_spec.violations(edit, {"components": [row]})
+
+
+def test_embeds_over_their_combined_limit_are_reported() -> None:
+    embed = {"title": "t" * 256, "description": "d" * 4000, "fields": [{"name": "n", "value": "v" * 1000}]}
+    assert embed_limit_violations({"embeds": [embed]}) == []
+    [over] = embed_limit_violations({"type": 4, "data": {"embeds": [embed, {"description": "d" * 800}]}})
+    assert "6057 characters" in over
