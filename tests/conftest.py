@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before any Hugging Face import: tests never reach the Hub
 
@@ -12,7 +13,7 @@ import torch
 from bot.engine.pipelines import Pipelines, load_pipelines
 from bot.engine.requests import bucket_sizes
 from bot.settings import Settings
-from tests.support.tiny_model import TinyModel, build_tiny_clipseg, build_tiny_model
+from tests.support.tiny_model import TinyModel, build_tiny_clipseg, build_tiny_lora, build_tiny_model
 
 TEST_RESOLUTION = 256
 
@@ -42,6 +43,14 @@ def settings(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory) ->
 @pytest.fixture(scope="session")
 def pipes(settings: Settings) -> Pipelines:
     return load_pipelines(settings)
+
+
+@pytest.fixture(scope="session")
+def loras(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two random LoRAs for the tiny UNet, in the diffusers format, as style adapters."""
+    folder = tmp_path_factory.mktemp("loras")
+    return {name: build_tiny_lora(tiny_model.lcm_unet, folder / f"{name}.safetensors", seed=seed) for seed, name in
+            enumerate(("ink", "neon"), start=1)}  # fmt: skip
 
 
 @pytest.fixture(scope="session")

@@ -16,14 +16,6 @@ from bot.engine.pipelines import Pipelines, load_pipelines
 from bot.engine.requests import Kind, check_inputs
 from bot.settings import Settings
 from bot.styles import Style, StyleBook
-from tests.support.tiny_model import TinyModel, build_tiny_lora
-
-
-@pytest.fixture(scope="module")
-def loras(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("loras")
-    return {name: build_tiny_lora(tiny_model.lcm_unet, folder / f"{name}.safetensors", seed=seed) for seed, name in
-            enumerate(("ink", "neon"), start=1)}  # fmt: skip
 
 
 @pytest.fixture(scope="module")

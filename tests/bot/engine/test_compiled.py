@@ -1,26 +1,44 @@
-"""The compiled twins on the tiny model, compiled for real by inductor on the CPU."""
+"""The compiled twins on the tiny model, compiled for real by inductor on the CPU, with a style's LoRA adapter
+loaded as a server with styles has it."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from bot.engine.adapters import StyleAdapters
 from bot.engine.compiled import CompiledTwins, compiled_graph_count, weight_sharing_twin
 from bot.engine.generation import generate, render
-from bot.engine.pipelines import Pipelines
-from bot.engine.requests import Kind, check_inputs
+from bot.engine.pipelines import Pipelines, load_pipelines
+from bot.engine.requests import GenerationRequest, Kind, check_inputs
+from bot.settings import Settings
+from bot.styles import Style, StyleBook
 
 MAX_BATCH = 2
 COMPILED_ASPECTS = ("1:1", "16:9")  # each compiled graph costs tens of seconds on a CPU
+STYLES = {
+    "ink": Style(name="ink", description="Ink"),  # its LoRA is set by the `pipes` fixture
+    "rain": Style(name="rain", description="Rain", template="{prompt}, in the rain"),
+}
 pytestmark = pytest.mark.timeout(900)
 
 
 def pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(image, dtype=np.int16)
+
+
+@pytest.fixture(scope="module")
+def pipes(settings: Settings, loras: dict[str, Path]) -> Pipelines:
+    """Pipelines as a server with styles runs them: a LoRA style's adapter loaded (and off), a template style."""
+    pipes = load_pipelines(settings)
+    book = StyleBook([STYLES["ink"].model_copy(update={"lora": str(loras["ink"])}), STYLES["rain"]])
+    pipes.styles = StyleAdapters.load(pipes.text2img, book)
+    return pipes
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +118,23 @@ def test_a_batch_that_would_recompile_falls_back_to_eager(pipes: Pipelines, buck
     # the shape stays eager from then on, without trying the twins again
     assert np.array_equal(pixels(again), pixels(image))
     served_by._excluded.clear()
+
+
+def test_a_lora_style_runs_eager_and_the_twins_keep_serving(pipes: Pipelines, buckets, served_by) -> None:
+    def fox(style: str | None) -> GenerationRequest:
+        book = StyleBook(list(STYLES.values()))
+        return check_inputs(Kind.IMAGINE, "a fox", buckets=buckets, seed=5, style=style, styles=book)
+
+    graphs, served = compiled_graph_count(), served_by.batches_served
+    [[inked]] = generate(pipes, [fox("ink")])
+    assert served_by.batches_served == served  # the twins compute without adapters: this one ran eager
+    [[plain]] = generate(pipes, [fox(None)])
+    [[rainy]] = generate(pipes, [fox("rain")])  # a template style changes only the prompt: the twins serve it
+    assert served_by.batches_served == served + 2 and compiled_graph_count() == graphs
+    assert np.array_equal(pixels(inked), pixels(render(pipes, [fox("ink")])[0]))
+    assert np.abs(pixels(plain) - pixels(render(pipes, [fox(None)])[0])).max() <= 2
+    assert np.abs(pixels(rainy) - pixels(render(pipes, [fox("rain")])[0])).max() <= 2
+    assert np.abs(pixels(inked) - pixels(plain)).mean() > 1
 
 
 def test_requests_are_served_eager_while_compiling(pipes: Pipelines, buckets, monkeypatch) -> None:
