@@ -58,6 +58,16 @@ def test_switching_back_and_forth_reproduces_each_style(styled: Pipelines, bucke
     assert np.array_equal(pixels(generate(styled, [fox(buckets, "ink")])[0]), first)
 
 
+def test_a_switch_computes_what_diffusers_set_adapters_computes(styled: Pipelines, settings, loras, buckets) -> None:
+    reference = load_pipelines(settings)  # the adapters selected through diffusers' own pipeline methods
+    reference.text2img.load_lora_weights(str(loras["neon"]), adapter_name="neon")
+    reference.text2img.set_adapters(["neon"], adapter_weights=[0.7])
+    expected = pixels(generate(reference, [fox(buckets)])[0])
+    for style in ("ink", None, "neon"):  # reach neon through the other states
+        generated = generate(styled, [fox(buckets, style)])
+    assert np.array_equal(pixels(generated[0]), expected)
+
+
 def test_a_template_style_rewrites_the_prompt_only(styled: Pipelines, buckets) -> None:
     worded = pixels(generate(styled, [fox(buckets, "words")])[0])
     rewritten = check_inputs(Kind.IMAGINE, "a fox, in the rain", buckets=buckets, seed=9, steps=2)
