@@ -63,6 +63,18 @@ async def test_a_style_is_applied_and_an_unknown_one_is_refused_kindly(
     assert "There is no style called `neon`. Styles: ink, oil." in await ephemeral_reply(fake, refused)
 
 
+@pytest.mark.parametrize("command", ["imagine", "remix", "inpaint"])
+async def test_the_style_option_suggests_matching_styles(fake: FakeDiscord, start_bot, with_styles, command) -> None:
+    await start_bot()
+    user = fake.add_user("ada")
+    typing = await fake.autocomplete(user, command, {"prompt": "a fox", "style": "OIL"}, focused="style")
+    await fake.wait_for(lambda: typing.choices is not None)
+    assert typing.choices == [{"name": "oil: Oil painting", "value": "oil"}]
+    typing = await fake.autocomplete(user, command, {"style": ""}, focused="style")
+    await fake.wait_for(lambda: typing.choices is not None)
+    assert [choice["value"] for choice in typing.choices] == ["ink", "oil"]
+
+
 async def test_without_styles_the_command_says_so(fake: FakeDiscord, start_bot) -> None:
     await start_bot()
     listing = await fake.run_command(fake.add_user("ada"), "styles")

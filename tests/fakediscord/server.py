@@ -103,6 +103,7 @@ class FakeInteraction:
     original: FakeMessage | None = None
     followups: list[FakeMessage] = field(default_factory=list)
     modal: dict | None = None
+    choices: list[dict] | None = None  # an autocomplete's answer
     expired: bool = False
 
     @property
@@ -205,6 +206,19 @@ class FakeDiscord:
 
         `name` may be "group subcommand", as typed in Discord.
         """
+        return await self._interact(2, user_id, self._command_data(name, options or {}, dm), dm=dm)
+
+    async def autocomplete(
+        self, user_id: int, name: str, options: dict[str, object], focused: str, *, dm: bool = False
+    ) -> FakeInteraction:
+        """Dispatch an APPLICATION_COMMAND_AUTOCOMPLETE interaction: the user is typing option `focused`."""
+        data = self._command_data(name, options, dm)
+        for option in data["options"]:
+            if option["name"] == focused:
+                option["focused"] = True
+        return await self._interact(4, user_id, data, dm=dm)
+
+    def _command_data(self, name: str, options: dict[str, object], dm: bool) -> dict:
         top, _, subcommand = name.partition(" ")
         command = self.registered(top, None if dm else self.guild_id)
         declared_options = command.get("options", [])
@@ -213,7 +227,7 @@ class FakeDiscord:
             declared_options = sub.get("options", [])
         declared = {option["name"]: option for option in declared_options}
         data_options, attachments, channels = [], {}, {}
-        for option_name, value in (options or {}).items():
+        for option_name, value in options.items():
             declared_option = declared[option_name]  # KeyError: the test used an option the bot did not register
             if declared_option["type"] == OPTION_TYPES["attachment"]:
                 attachments[value["id"]] = value
@@ -230,7 +244,7 @@ class FakeDiscord:
         resolved = {"attachments": attachments, "channels": channels}
         if any(resolved.values()):
             data["resolved"] = {key: value for key, value in resolved.items() if value}
-        return await self._interact(2, user_id, data, dm=dm)
+        return data
 
     async def click(self, user_id: int, message: FakeMessage, custom_id: str) -> FakeInteraction:
         assert custom_id in message.custom_ids(), f"{custom_id} is not on message {message.id}"
@@ -516,6 +530,8 @@ class FakeDiscord:
             self._apply(message, data, files)
         elif body["type"] == 9:
             interaction.modal = data
+        elif body["type"] == 8:
+            interaction.choices = data["choices"]
         response: dict = {"interaction": {"id": str(interaction.id), "type": interaction.type}}
         if message is not None:
             response["interaction"] |= {
