@@ -26,11 +26,12 @@ class Check:
 
 
 def run_checks(settings: Settings) -> list[Check]:
+    optional_weights = {"MODEL_VAE": settings.model_vae, "MODEL_TINY_VAE": settings.model_tiny_vae}
     return [
         _check_device(settings),
         _check_weights("MODEL_BASE", settings.model_base, "model_index.json"),
         _check_weights("MODEL_UNET", settings.model_unet, "config.json"),
-        *([_check_weights("MODEL_VAE", settings.model_vae, "config.json")] if settings.model_vae else []),
+        *(_check_weights(name, source, "config.json") for name, source in optional_weights.items() if source),
         _check_database(settings.database_path),
         _check_token(settings),
     ]

@@ -22,6 +22,7 @@ class Settings(BaseSettings):
     model_base: str = "segmind/SSD-1B"
     model_unet: str = "latent-consistency/lcm-ssd-1b"
     model_vae: str | None = None
+    model_tiny_vae: str | None = None  # decodes instead of the full VAE (bot.engine.vae)
     device: Literal["auto", "cuda", "cpu"] = "auto"
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     base_resolution: int = Field(default=1024, ge=256, le=2048, multiple_of=64)

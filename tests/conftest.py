@@ -13,7 +13,13 @@ import torch
 from bot.engine.pipelines import Pipelines, load_pipelines
 from bot.engine.requests import bucket_sizes
 from bot.settings import Settings
-from tests.support.tiny_model import TinyModel, build_tiny_clipseg, build_tiny_lora, build_tiny_model
+from tests.support.tiny_model import (
+    TinyModel,
+    build_tiny_clipseg,
+    build_tiny_decoder,
+    build_tiny_lora,
+    build_tiny_model,
+)
 
 TEST_RESOLUTION = 256
 
@@ -43,6 +49,13 @@ def settings(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory) ->
 @pytest.fixture(scope="session")
 def pipes(settings: Settings) -> Pipelines:
     return load_pipelines(settings)
+
+
+@pytest.fixture(scope="session")
+def tiny_decoder_pipes(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Pipelines:
+    """The tiny model with a tiny autoencoder decoding (`MODEL_TINY_VAE`)."""
+    decoder = build_tiny_decoder(tmp_path_factory.mktemp("tiny-decoder") / "taesd")
+    return load_pipelines(settings.model_copy(update={"model_tiny_vae": str(decoder)}))
 
 
 @pytest.fixture(scope="session")

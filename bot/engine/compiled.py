@@ -70,10 +70,11 @@ class CompiledTwins:
         unet = weight_sharing_twin(eager.text2img.unet)
         unet.compile_repeated_blocks(fullgraph=True, dynamic=True)
         vae = weight_sharing_twin(eager.codec.vae)
-        vae.decoder.compile(fullgraph=True, dynamic=True)
+        tiny = None if eager.codec.decoder is eager.codec.vae else weight_sharing_twin(eager.codec.decoder)
+        (tiny or vae).decoder.compile(fullgraph=True, dynamic=True)  # whichever decodes (MODEL_TINY_VAE)
         text2img = StableDiffusionXLPipeline.from_pipe(eager.text2img, unet=unet, vae=vae)
         self.pipes = assemble_pipelines(
-            text2img, eager.device, model_name=eager.model_name, embeddings=eager.embeddings
+            text2img, eager.device, model_name=eager.model_name, embeddings=eager.embeddings, decoder=tiny
         )
         self.pipes.styles = eager.styles  # templates only: batches with a LoRA style run eager (generation.py)
         self.compile_seconds: float | None = None

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 from diffusers import (
     AutoencoderKL,
+    AutoencoderTiny,
     DiffusionPipeline,
     LCMScheduler,
     StableDiffusionXLImg2ImgPipeline,
@@ -136,7 +137,10 @@ def load_pipelines(settings: Settings) -> Pipelines:
     text2img = _load(
         StableDiffusionXLPipeline, settings.model_base, dtype, "MODEL_BASE", unet=unet, vae=vae, add_watermarker=False
     )
-    return assemble_pipelines(text2img, device, model_name=settings.model_unet)
+    decoder = None
+    if settings.model_tiny_vae:  # TAESD is made to run in float16, so it takes the UNet's dtype
+        decoder = _load(AutoencoderTiny, settings.model_tiny_vae, dtype, "MODEL_TINY_VAE")
+    return assemble_pipelines(text2img, device, model_name=settings.model_unet, decoder=decoder)
 
 
 def assemble_pipelines(
@@ -145,10 +149,14 @@ def assemble_pipelines(
     *,
     model_name: str,
     embeddings: TextEmbeddingCache | None = None,
+    decoder: AutoencoderTiny | None = None,
 ) -> Pipelines:
-    """Finish a loaded text-to-image pipeline: LCM scheduler, device, and the two pipelines sharing its weights."""
+    """Finish a loaded text-to-image pipeline: LCM scheduler, device, and the two pipelines sharing its weights.
+    `decoder` decodes instead of the pipeline's VAE (`MODEL_TINY_VAE`)."""
     text2img.scheduler = LCMScheduler.from_config(text2img.scheduler.config)
     text2img.to(device)
+    if decoder is not None:
+        decoder.to(device)
     img2img = StableDiffusionXLImg2ImgPipeline.from_pipe(text2img)
     inpaint = StableDiffusionXLInpaintPipeline.from_pipe(text2img)
     for pipe in (text2img, img2img, inpaint):
@@ -157,7 +165,7 @@ def assemble_pipelines(
         text2img=text2img,
         img2img=img2img,
         inpaint=inpaint,
-        codec=LatentCodec(text2img.vae, latent_dtype=text2img.unet.dtype),
+        codec=LatentCodec(text2img.vae, latent_dtype=text2img.unet.dtype, decoder=decoder),
         device=device,
         dtype=text2img.unet.dtype,
         model_name=model_name,

@@ -5,6 +5,9 @@ for every decode, which is slow and was most of the peak memory at batch 8. We k
 cannot overflow instead: bfloat16 (float32's range) where the GPU supports it, float16 only for a VAE that was
 fine-tuned for it (`MODEL_VAE`, e.g. sdxl-vae-fp16-fix), float32 otherwise. Any image that still comes out
 non-finite is decoded again in float32 before we give up on it.
+
+`MODEL_TINY_VAE` names a tiny autoencoder (TAESD for SDXL, `madebyollin/taesdxl`) that decodes instead of the
+full VAE: a fraction of its work, for slightly softer images. The full VAE still encodes (remix, inpaint).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL
+from diffusers import AutoencoderKL, AutoencoderTiny
 from PIL import Image
 
 DECODE_CHUNK = 4  # images per VAE decode call: bounds activation memory at large batches
@@ -31,10 +34,10 @@ class NonFiniteOutput(RuntimeError):
 class LatentCodec:
     """Turns pixels into scaled latents and back, on the VAE's own dtype and device."""
 
-    def __init__(self, vae: AutoencoderKL, latent_dtype: torch.dtype) -> None:
+    def __init__(self, vae: AutoencoderKL, latent_dtype: torch.dtype, decoder: AutoencoderTiny | None = None) -> None:
         self.vae = vae
+        self.decoder: AutoencoderKL | AutoencoderTiny = decoder or vae  # what turns latents into pixels
         self.latent_dtype = latent_dtype
-        self.scaling_factor: float = vae.config.scaling_factor
         self.float32_retries = 0  # images decoded a second time in float32; each costs a full fp32 decode
 
     @torch.no_grad()  # not inference_mode: its tensors would fail the compiled UNet's guards
@@ -43,7 +46,7 @@ class LatentCodec:
         pixels = torch.from_numpy(np.stack([np.asarray(image, dtype=np.uint8) for image in images]))
         pixels = pixels.permute(0, 3, 1, 2).to(self.vae.device, self.vae.dtype) / 127.5 - 1.0
         latents = self.vae.encode(pixels).latent_dist.mode()
-        return (latents * self.scaling_factor).to(self.latent_dtype)
+        return (latents * self.vae.config.scaling_factor).to(self.latent_dtype)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:
@@ -51,7 +54,7 @@ class LatentCodec:
         chunks = [self._decode_pixels(chunk) for chunk in latents.split(DECODE_CHUNK)]
         pixels = torch.cat(chunks).float()
         broken = [index for index in range(len(pixels)) if not torch.isfinite(pixels[index]).all()]
-        if broken and self.vae.dtype != torch.float32:
+        if broken and self.decoder.dtype != torch.float32:
             self.float32_retries += len(broken)
             pixels[broken] = self._decode_float32(latents[broken])
             broken = [index for index in broken if not torch.isfinite(pixels[index]).all()]
@@ -63,11 +66,11 @@ class LatentCodec:
 
     def _decode_pixels(self, latents: torch.Tensor) -> torch.Tensor:
         # One memory layout whatever produced the latents: the compiled decoder's guards check strides.
-        latents = latents.to(self.vae.dtype).contiguous()
-        return self.vae.decode(latents / self.scaling_factor).sample
+        latents = latents.to(self.decoder.dtype).contiguous()
+        return self.decoder.decode(latents / self.decoder.config.scaling_factor).sample
 
     def _decode_float32(self, latents: torch.Tensor) -> torch.Tensor:
         # A temporary float32 copy rather than converting the VAE in place: its parameters are shared with the
         # compiled twin (bot.engine.compiled), which may be compiling in another thread right now.
-        decoder = copy.deepcopy(self.vae).to(torch.float32)
-        return decoder.decode(latents.float() / self.scaling_factor).sample
+        decoder = copy.deepcopy(self.decoder).to(torch.float32)
+        return decoder.decode(latents.float() / decoder.config.scaling_factor).sample

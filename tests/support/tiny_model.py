@@ -13,7 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    AutoencoderTiny,
+    EulerDiscreteScheduler,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 TEXT_HIDDEN = 32
@@ -134,6 +140,20 @@ def _vae() -> AutoencoderKL:
         scaling_factor=0.13025,
         force_upcast=True,
     )
+
+
+def build_tiny_decoder(folder: Path) -> Path:
+    """A random-weight tiny autoencoder (TAESD's architecture, narrower), upsampling 8x like the tiny VAE."""
+    if (folder / "config.json").exists():
+        return folder
+    torch.manual_seed(0)
+    AutoencoderTiny(
+        encoder_block_out_channels=(8, 8, 8, 8),
+        decoder_block_out_channels=(8, 8, 8, 8),
+        num_encoder_blocks=(1, 1, 1, 1),
+        num_decoder_blocks=(1, 1, 1, 1),
+    ).save_pretrained(folder)
+    return folder
 
 
 def build_tiny_lora(unet_folder: Path, out_file: Path, *, seed: int, rank: int = 4) -> Path:

@@ -137,6 +137,24 @@ def test_a_lora_style_runs_eager_and_the_twins_keep_serving(pipes: Pipelines, bu
     assert np.abs(pixels(inked) - pixels(plain)).mean() > 1
 
 
+def test_a_tiny_autoencoder_is_what_the_twins_compile_and_decode_with(
+    tiny_decoder_pipes: Pipelines, buckets, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    twins = CompiledTwins(tiny_decoder_pipes, {"1:1": buckets["1:1"]}, max_batch_images=1)
+    eager_decoder, twin_decoder = tiny_decoder_pipes.codec.decoder, twins.pipes.codec.decoder
+    assert twin_decoder is not eager_decoder and isinstance(twin_decoder, type(eager_decoder))
+    shared = zip(twin_decoder.parameters(), eager_decoder.parameters(), strict=True)
+    assert all(ours is theirs for ours, theirs in shared)
+    twins.start(render)
+    assert twins.wait(timeout=900), "compilation failed (see the log)"
+    monkeypatch.setattr(tiny_decoder_pipes, "compiled", twins)
+    request = check_inputs(Kind.IMAGINE, "a fox", buckets=buckets, seed=6)
+    graphs = compiled_graph_count()
+    [[compiled]] = generate(tiny_decoder_pipes, [request])
+    assert twins.batches_served == 1 and compiled_graph_count() == graphs
+    assert np.abs(pixels(compiled) - pixels(render(tiny_decoder_pipes, [request])[0])).max() <= 2
+
+
 def test_requests_are_served_eager_while_compiling(pipes: Pipelines, buckets, monkeypatch) -> None:
     gate = threading.Event()
 

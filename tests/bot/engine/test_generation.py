@@ -98,6 +98,23 @@ def test_stop_request_interrupts_between_steps(pipes: Pipelines, buckets) -> Non
     assert len(calls) <= 3  # asked after the first step, then once more after the loop
 
 
+def test_a_tiny_autoencoder_decodes_the_same_latents_into_other_pixels(
+    pipes: Pipelines, tiny_decoder_pipes: Pipelines, buckets
+) -> None:
+    source = Image.new("RGB", buckets["16:9"], (200, 120, 40))
+    requests = [
+        check_inputs(Kind.IMAGINE, "a fox", buckets=buckets, aspect="16:9", seed=3),
+        check_inputs(Kind.REMIX, "a fox", buckets=buckets, init_image=source, seed=3),
+    ]
+    for request in requests:
+        [[full]] = generate(pipes, [request])
+        [[tiny]] = generate(tiny_decoder_pipes, [request])
+        assert tiny.size == full.size == (request.width, request.height)
+        assert np.abs(np.asarray(tiny, dtype=np.int16) - np.asarray(full, dtype=np.int16)).mean() > 1
+        latents = tiny_decoder_pipes.codec.encode([full])  # the full VAE encodes, whatever decodes
+        assert torch.equal(latents, pipes.codec.encode([full]))
+
+
 def test_non_finite_latents_are_detected(pipes: Pipelines) -> None:
     latents = torch.zeros(2, 4, 8, 8)
     latents[1, 0, 0, 0] = float("nan")

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import LCMScheduler
+from diffusers import AutoencoderTiny, LCMScheduler
 
 from bot.engine.pipelines import ModelUnavailable, Pipelines, load_pipelines, resolve_dtype, vae_dtype
 from bot.settings import Settings
@@ -20,6 +20,18 @@ def test_three_tasks_share_one_set_of_weights(pipes: Pipelines) -> None:
         assert pipe.vae is pipes.text2img.vae
         assert pipe.text_encoder_2 is pipes.text2img.text_encoder_2
     assert pipes.codec.vae is pipes.text2img.vae
+
+
+def test_a_tiny_autoencoder_decodes_and_the_full_vae_still_encodes(tiny_decoder_pipes: Pipelines) -> None:
+    codec = tiny_decoder_pipes.codec
+    assert isinstance(codec.decoder, AutoencoderTiny) and codec.decoder.device == tiny_decoder_pipes.device
+    assert codec.vae is tiny_decoder_pipes.text2img.vae is tiny_decoder_pipes.img2img.vae
+
+
+def test_a_missing_tiny_autoencoder_says_which_setting(settings: Settings, tmp_path) -> None:
+    broken = settings.model_copy(update={"model_tiny_vae": str(tmp_path / "no-taesd")})
+    with pytest.raises(ModelUnavailable, match=r"MODEL_TINY_VAE=.*no-taesd"):
+        load_pipelines(broken)
 
 
 def test_vae_never_upcasts_per_call(pipes: Pipelines) -> None:
