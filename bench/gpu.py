@@ -7,7 +7,9 @@ Columns, each adding one thing to the one before, all on the same card in the sa
 - plain: the model card recipe, one pipeline call per request, float16, the VAE upcast to float32 per decode;
 - executor: our engine (bfloat16 VAE decoded in chunks, cached prompt embeddings) fed a stream of single-image
   requests from many users with mixed aspects, so it batches what it can;
-- +compiled: the compiled twins (bot.engine.compiled), compiled in the background first.
+- tiny VAE: the executor with a tiny autoencoder decoding (`MODEL_TINY_VAE`, TAESD's architecture) instead
+  of the VAE; softer pictures, so it stands beside the executor column rather than under the next one;
+- +compiled: the executor with the compiled twins (bot.engine.compiled), compiled in the background first.
 Then `bench.startup` runs twice as a fresh process on the weights saved to disk: with the compile cache this
 run filled (a restart), and with no compilation (time to the first image). Random weights: speed and memory are
 real, the pictures are noise. Phases that would overrun `--budget` seconds are skipped and say so.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
+import dataclasses
 import functools
 import gc
 import json
@@ -33,7 +36,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
-from diffusers import AutoencoderKL, LCMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, AutoencoderTiny, LCMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from bench.streams import time_stream
@@ -42,13 +45,14 @@ from bot.engine.generation import generate, render
 from bot.engine.pipelines import Pipelines, assemble_pipelines, vae_dtype
 from bot.engine.requests import GenerationRequest, Kind, bucket_sizes, check_inputs
 from bot.engine.service import choose_batch_images
+from bot.engine.vae import LatentCodec
 from bot.settings import Settings
 from tests.support.tiny_model import build_tiny_model, byte_level_tokenizer
 
 DEFAULT_CONFIGS = Path(__file__).resolve().parents[2] / "shared" / "model-configs" / "ssd-1b"
 STREAM_ASPECTS = ("1:1", "16:9", "9:16", "4:3")
 STEPS = 4
-COLUMNS = ("plain", "executor", "+compiled")
+COLUMNS = ("plain", "executor", "tiny VAE", "+compiled")
 
 
 def full_size_pipeline(configs: Path, device: torch.device, workdir: Path) -> StableDiffusionXLPipeline:
@@ -272,6 +276,10 @@ def main() -> None:
     measure_plain(bench, plain, buckets, args.requests)
     ours = ours_from(plain, device)
     measure_ours(bench, ours, "executor", buckets, args.requests, args.users, batch)
+    tiny_decoder = AutoencoderTiny().to(device, ours.dtype)
+    tiny_decoded = dataclasses.replace(ours, codec=LatentCodec(ours.codec.vae, ours.dtype, tiny_decoder))
+    measure_ours(bench, tiny_decoded, "tiny VAE", buckets, args.requests, args.users, batch)
+    del tiny_decoded, tiny_decoder
     if bench.left() > 120 and compile_twins(bench, ours, buckets, batch):
         measure_ours(bench, ours, "+compiled", buckets, args.requests, args.users, batch)
         bench.record("batches served compiled", "+compiled", str(ours.compiled.batches_served))
