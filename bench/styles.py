@@ -1,11 +1,17 @@
-"""What switching style costs between two batches.
+"""What switching style costs between two batches, four ways.
 
     .venv/bin/python -m bench.styles [--switches 100] [--configs DIR]
 
-Table 1, one switch (cycling to a LoRA style, to another, back to none), median ms: through diffusers' pipeline
-methods (`enable_lora` + `set_adapters`, `disable_lora`) against `StyleAdapters.activate`. On the tiny model, and
-on the full-size SSD-1B module tree built on the meta device: a switch touches no weights, only the adapter
-layers, so the full-size tree gives the full-size cost on any machine.
+Table 1, one switch, median ms on this machine's CPU (a switch is Python work between batches):
+- ours: `StyleAdapters.activate`, cycling through two LoRA styles and none;
+- diffusers: the same cycle through diffusers' pipeline methods (`enable_lora` + `set_adapters`, `disable_lora`);
+- fuse + unfuse: `fuse_lora` into the weights, then `unfuse_lora` back, as a switch that leaves no adapter layer
+  to compute; the table also counts the weights that a round trip did not restore exactly;
+- hotswap: `load_lora_weights(..., hotswap=True)` from a state dict held in memory, the way to change a compiled
+  model's adapter without recompiling.
+On the tiny model, and for the first two also on the full-size SSD-1B module tree built on the meta device: a
+switch touches no weights there, only the adapter layers, so the full-size tree gives the full-size cost on any
+machine (fusing and hotswapping need real weights).
 
 Table 2, on the tiny model: one-step batches of one image that keep one style against batches that alternate
 two, so the switch shows as the difference.
@@ -27,17 +33,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from diffusers import StableDiffusionXLPipeline
 from peft import LoraConfig
+from safetensors.torch import load_file
 
 from bench.gpu import DEFAULT_CONFIGS, full_size_pipeline
 from bot.engine.adapters import StyleAdapters
 from bot.engine.generation import generate
 from bot.engine.pipelines import load_pipelines
 from bot.engine.requests import Kind, bucket_sizes, check_inputs
+from bot.engine.service import freeze_loaded_objects
 from bot.settings import Settings
 from bot.styles import Style, StyleBook
 from tests.support.tiny_model import build_tiny_lora, build_tiny_model
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # the attention projections, as most style LoRAs train
+TINY_RANK = 4
 
 
 def milliseconds(run: Callable[[], object], repeats: int) -> float:
@@ -58,16 +67,54 @@ def diffusers_switch(pipe: StableDiffusionXLPipeline, style: Style | None) -> No
         pipe.set_adapters([style.name], adapter_weights=[style.weight])
 
 
-def switch_costs(pipe: StableDiffusionXLPipeline, adapters: StyleAdapters, switches: int) -> tuple[float, float]:
-    """Median ms of one switch, diffusers' way and ours, cycling through both styles and none."""
-    order = [*adapters.book, None]
-    theirs = cycle(order)
-    diffusers_ms = milliseconds(lambda: diffusers_switch(pipe, next(theirs)), switches)
-    pipe.disable_lora()
-    ours = cycle(order)
-    ours_ms = milliseconds(lambda: adapters.activate(next(ours)), switches)
-    adapters.activate(None)
-    return diffusers_ms, ours_ms
+def switch_costs(pipe: StableDiffusionXLPipeline, adapters: StyleAdapters, switches: int) -> dict[str, float]:
+    """Median ms of one switch, ours and diffusers' way, cycling through both styles and none. The two ways take
+    turns in short rounds, so that this machine's drift (shared cores) hits both alike."""
+    freeze_loaded_objects()  # as the engine does after loading: no collection walks the models mid-switch
+    ways: dict[str, Callable[[Style | None], None]] = {
+        "ours": adapters.activate,
+        "diffusers": lambda style: diffusers_switch(pipe, style),
+    }
+    samples: dict[str, list[float]] = {way: [] for way in ways}
+    cycle_of_switches = [*adapters.book, None]  # ends with none: each round leaves the layers as it found them
+    for _ in range(max(1, switches // (len(cycle_of_switches) * 3))):
+        for way, switch in ways.items():
+            for style in cycle_of_switches * 3:
+                start = time.perf_counter()
+                switch(style)
+                samples[way].append(time.perf_counter() - start)
+    return {way: statistics.median(times) * 1000 for way, times in samples.items()}
+
+
+def fuse_cost(pipe: StableDiffusionXLPipeline, style: Style, switches: int) -> tuple[float, int, int]:
+    """Median ms of a fuse and unfuse, and how many of the weights it touched differ after all the round trips."""
+    base = {
+        name: weight.detach().clone()
+        for name, weight in pipe.unet.named_parameters()
+        if name.endswith("base_layer.weight")  # what a fuse adds to
+    }
+
+    def round_trip() -> None:
+        pipe.fuse_lora(adapter_names=[style.name], lora_scale=style.weight)
+        pipe.unfuse_lora()
+
+    ms = milliseconds(round_trip, switches)
+    weights = dict(pipe.unet.named_parameters())
+    changed = sum(not torch.equal(weights[name], original) for name, original in base.items())
+    return ms, changed, len(base)
+
+
+def hotswap_cost(settings: Settings, loras: list[Path], switches: int) -> float:
+    """Median ms of hotswapping one adapter slot between two LoRAs kept in memory (a fresh pipeline: hotswap
+    must be enabled before the first adapter is loaded)."""
+    pipe = load_pipelines(settings).text2img
+    pipe.enable_lora_hotswap(target_rank=TINY_RANK)
+    state_dicts = [load_file(str(lora)) for lora in loras]
+    pipe.load_lora_weights(dict(state_dicts[0]), adapter_name="style")
+    alternating = cycle(state_dicts[1:] + state_dicts[:1])
+    return milliseconds(
+        lambda: pipe.load_lora_weights(dict(next(alternating)), adapter_name="style", hotswap=True), switches
+    )
 
 
 def full_size_adapters(configs: Path, workdir: Path) -> tuple[StableDiffusionXLPipeline, StyleAdapters]:
@@ -87,18 +134,23 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         model = build_tiny_model(Path(folder) / "model")
-        loras = [build_tiny_lora(model.lcm_unet, Path(folder) / f"lora{n}.safetensors", seed=n) for n in (1, 2)]
+        loras = [
+            build_tiny_lora(model.lcm_unet, Path(folder) / f"lora{n}.safetensors", seed=n, rank=TINY_RANK)
+            for n in (1, 2)
+        ]
         settings = Settings(
             model_base=str(model.base), model_unet=str(model.lcm_unet), base_resolution=256, device="cpu",
             _env_file=None,
         )  # fmt: skip
         pipes = load_pipelines(settings)
-        book = StyleBook([Style(name=f"s{n}", description="bench", lora=str(lora)) for n, lora in enumerate(loras)])
+        book = StyleBook(
+            [Style(name=f"s{n}", description="bench", lora=str(lora), weight=0.8) for n, lora in enumerate(loras)]
+        )
         pipes.styles = StyleAdapters.load(pipes.text2img, book)
-        switches = {"tiny model": switch_costs(pipes.text2img, pipes.styles, args.switches)}
+        tiny = switch_costs(pipes.text2img, pipes.styles, args.switches)
         full_pipe, full_adapters = full_size_adapters(args.configs, Path(folder) / "full")
-        layers = len(full_adapters._layers)
-        switches[f"full-size SSD-1B ({layers} adapter layers)"] = switch_costs(full_pipe, full_adapters, args.switches)
+        full = switch_costs(full_pipe, full_adapters, args.switches)
+        del full_pipe
 
         buckets = bucket_sizes(256)
 
@@ -110,16 +162,24 @@ def main() -> None:
         same = milliseconds(lambda: batch("s0"), 30)
         names = cycle(["s0", "s1"])
         alternating = milliseconds(lambda: batch(next(names)), 30)
-    print(f"one style switch on this CPU, median of {args.switches}, ms")
-    print(f"| {'model':<44} | {'diffusers':>9} | {'ours':>7} |")
-    print(f"|{'-' * 46}|{'-' * 11}|{'-' * 9}|")
-    for name, (diffusers_ms, ours_ms) in switches.items():
-        print(f"| {name:<44} | {diffusers_ms:>9.2f} | {ours_ms:>7.2f} |")
+
+        # Last: a fuse and unfuse leaves these weights changed
+        tiny["fuse + unfuse"], changed, fused = fuse_cost(pipes.text2img, pipes.styles.style("s0"), args.switches)
+        tiny["hotswap"] = hotswap_cost(settings, loras, args.switches)
+
+    full_name = f"full size ({len(full_adapters._layers)} layers)"
+    print(f"one style switch on this CPU, median of about {args.switches} switches, ms")
+    print(f"| {'way':<14} | {'tiny model':>10} | {full_name:>24} |")
+    print(f"|{'-' * 16}|{'-' * 12}|{'-' * 26}|")
+    for way, ms in tiny.items():
+        full_ms = f"{full[way]:.2f}" if way in full else "–"
+        print(f"| {way:<14} | {ms:>10.2f} | {full_ms:>24} |")
+    print(f"after {args.switches} fuse + unfuse round trips, {changed} of the {fused} weights fused into differ")
     print("\none-step batch of one image, tiny model on the CPU, median of 30, ms")
-    print(f"| {'batch':<44} | {'ms':>8} |")
-    print(f"|{'-' * 46}|{'-' * 10}|")
-    print(f"| {'same style as the batch before':<44} | {same:>8.2f} |")
-    print(f"| {'style alternating':<44} | {alternating:>8.2f} |")
+    print(f"| {'batch':<34} | {'ms':>8} |")
+    print(f"|{'-' * 36}|{'-' * 10}|")
+    print(f"| {'same style as the batch before':<34} | {same:>8.2f} |")
+    print(f"| {'style alternating':<34} | {alternating:>8.2f} |")
 
 
 if __name__ == "__main__":

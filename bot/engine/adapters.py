@@ -4,7 +4,7 @@ Switching selects another adapter on the peft layers already in the models: noth
 no weight is rewritten, and with every adapter disabled the UNet computes exactly what it computed before any
 was loaded. The switch calls peft's own per-layer methods, as diffusers' `set_adapters` / `disable_lora` do, but
 on a list of the adapter layers made once at load: diffusers walks all 4,590 modules of the full-size UNet (and
-the text encoders) on every call, which makes a switch cost four times as much (bench/styles.py).
+the text encoders) on every call, which makes a switch cost 2.4 to 4 times as much (bench/styles.py).
 """
 
 from __future__ import annotations
