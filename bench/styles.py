@@ -33,7 +33,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from diffusers import StableDiffusionXLPipeline
 from peft import LoraConfig
-from safetensors.torch import load_file
 
 from bench.gpu import DEFAULT_CONFIGS, full_size_pipeline
 from bot.engine.adapters import StyleAdapters
@@ -109,7 +108,7 @@ def hotswap_cost(settings: Settings, loras: list[Path], switches: int) -> float:
     must be enabled before the first adapter is loaded)."""
     pipe = load_pipelines(settings).text2img
     pipe.enable_lora_hotswap(target_rank=TINY_RANK)
-    state_dicts = [load_file(str(lora)) for lora in loras]
+    state_dicts = [pipe.lora_state_dict(str(lora))[0] for lora in loras]  # read once, kept in memory
     pipe.load_lora_weights(dict(state_dicts[0]), adapter_name="style")
     alternating = cycle(state_dicts[1:] + state_dicts[:1])
     return milliseconds(

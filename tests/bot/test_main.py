@@ -57,3 +57,12 @@ def test_doctor_checks_everything(env_for, capsys, token: str, verdict: str) -> 
     assert "[ok] DATABASE_PATH" in out
     assert verdict in out
     assert status == (0 if verdict.startswith("[ok]") else 1)
+
+
+def test_doctor_checks_the_optional_models_only_when_set(env_for, capsys, tmp_path: Path) -> None:
+    env_for()
+    main(["doctor"])
+    assert "MODEL_TINY_VAE" not in capsys.readouterr().out
+    env_for(MODEL_TINY_VAE=str(tmp_path))  # a folder without a model in it
+    assert main(["doctor"]) == 1
+    assert f"[FAIL] MODEL_TINY_VAE: local folder {tmp_path} has no config.json" in capsys.readouterr().out
