@@ -166,7 +166,7 @@ def main() -> None:
         tiny["fuse + unfuse"], changed, fused = fuse_cost(pipes.text2img, pipes.styles.style("s0"), args.switches)
         tiny["hotswap"] = hotswap_cost(settings, loras, args.switches)
 
-    full_name = f"full size ({len(full_adapters._layers)} layers)"
+    full_name = f"full size ({len(full_adapters.layers)} layers)"
     print(f"one style switch on this CPU, median of about {args.switches} switches, ms")
     print(f"| {'way':<14} | {'tiny model':>10} | {full_name:>24} |")
     print(f"|{'-' * 16}|{'-' * 12}|{'-' * 26}|")

@@ -25,8 +25,12 @@ class StyleAdapters:
     """The style book the engine serves, and which adapter is active."""
 
     def __init__(self, pipe: StableDiffusionXLPipeline | None = None, book: StyleBook | None = None) -> None:
+        """Switches the adapter layers of `pipe`'s models, and only those: the compiled twins have copies of
+        their own, switched by their own object on the compile thread. Every adapter starts off."""
         self.book = book or StyleBook()
         self._layers = adapter_layers(pipe) if pipe is not None else []
+        for layer in self._layers:
+            layer.enable_adapters(False)
         self._active: str | None = None  # the adapter the models compute with; None: all disabled
         self._selected: str | None = None  # the adapter last selected on the layers, kept while they are disabled
 
@@ -44,16 +48,19 @@ class StyleAdapters:
             except Exception as exc:  # a missing file, a hub id offline, a LoRA for another model
                 log.error("style %s is disabled: its LoRA %s cannot be loaded (%s)", style.name, style.lora, exc)
                 broken.add(style.name)
-        if any(style.lora for style in book.without(broken)):
-            pipe.disable_lora()
         return cls(pipe, book.without(broken))
+
+    @property
+    def layers(self) -> tuple[BaseTunerLayer, ...]:
+        return tuple(self._layers)
 
     def style(self, name: str | None) -> Style | None:
         return None if name is None else self.book.get(name)
 
-    def uses_adapter(self, name: str | None) -> bool:
+    def adapter(self, name: str | None) -> str | None:
+        """The adapter the style called `name` computes with; None for no style or a template-only one."""
         style = self.style(name)
-        return style is not None and style.lora is not None
+        return style.name if style is not None and style.lora is not None else None
 
     def activate(self, style: Style | None) -> None:
         """Make the models compute with `style`'s adapter, or with none."""

@@ -11,6 +11,9 @@ serves seven aspect buckets at every batch size. Four choices keep that cost awa
   graphs of its own (torch specialises sizes of 1). Warming each bucket at batch 1 and at the largest batch
   checks that nothing else specialises, instead of compiling per shape.
 - A persistent cache: inductor keeps compiled kernels in `COMPILE_CACHE_DIR`, so a restart replays them.
+- Styles: the twins' UNet and text encoders hold copies of the styles' LoRA adapter layers, switched by the
+  twins' own `StyleAdapters`. Each LoRA style compiles the UNet blocks again (once per batch-size class);
+  switching between styles then picks among compiled graphs and never recompiles.
 - The twins take over only once every bucket has run through them, and then run under `fail_on_recompile`:
   a batch that would still need compiling falls back to eager (and its shape stays eager) rather than stall.
 """
@@ -31,6 +34,7 @@ from typing import TypeVar
 import torch
 from diffusers import StableDiffusionXLPipeline
 
+from bot.engine.adapters import StyleAdapters
 from bot.engine.pipelines import Pipelines, assemble_pipelines
 from bot.engine.requests import GenerationRequest, Kind, check_inputs
 
@@ -39,13 +43,17 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 RECOMPILE_LIMIT = 64
 RECOMPILE_REFUSED = "fail_on_recompile"  # torch's message names the stance that refused to recompile
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
 
 
 @dataclass(frozen=True)
 class BatchShape:
+    """What decides which compiled graphs a batch runs: its size, and the LoRA adapter its style computes with."""
+
     images: int
     width: int
     height: int
+    adapter: str | None = None
 
 
 def weight_sharing_twin(module: torch.nn.Module) -> torch.nn.Module:
@@ -72,11 +80,14 @@ class CompiledTwins:
         vae = weight_sharing_twin(eager.codec.vae)
         tiny = None if eager.codec.decoder is eager.codec.vae else weight_sharing_twin(eager.codec.decoder)
         (tiny or vae).decoder.compile(fullgraph=True, dynamic=True)  # whichever decodes (MODEL_TINY_VAE)
-        text2img = StableDiffusionXLPipeline.from_pipe(eager.text2img, unet=unet, vae=vae)
+        # Text encoders of their own too (sharing weights): styles' adapter layers live in them as well, and the
+        # compile thread switches styles on its copies while the GPU thread switches the eager ones.
+        encoders = {name: weight_sharing_twin(getattr(eager.text2img, name)) for name in TEXT_ENCODERS}
+        text2img = StableDiffusionXLPipeline.from_pipe(eager.text2img, unet=unet, vae=vae, **encoders)
         self.pipes = assemble_pipelines(
             text2img, eager.device, model_name=eager.model_name, embeddings=eager.embeddings, decoder=tiny
         )
-        self.pipes.styles = eager.styles  # templates only: batches with a LoRA style run eager (generation.py)
+        self.pipes.styles = StyleAdapters(self.pipes.text2img, eager.styles.book)
         self.compile_seconds: float | None = None
         self.graphs_compiled = 0  # during the warm-up; each costs tens of seconds
         self.batches_served = 0
@@ -105,14 +116,22 @@ class CompiledTwins:
         return self.ready
 
     def warm_up_batches(self) -> list[list[GenerationRequest]]:
-        """Every bucket at batch 1 and at the largest batch: the shapes whose compilation could differ."""
+        """Every bucket at batch 1 and at the largest batch: the shapes whose compilation could differ. Then
+        each LoRA style at both sizes, in one bucket: an adapter changes the UNet blocks' graphs (peft's
+        per-adapter state is part of what they check), but shapes are symbolic, so not per bucket."""
         sizes = sorted({1, self.max_batch_images})
+        book = self.pipes.styles.book
+        adapters = [None] + [style.name for style in book if style.lora is not None]
+
+        def batch(aspect: str, images: int, style: str | None) -> list[GenerationRequest]:
+            options = {"buckets": self.buckets, "aspect": aspect, "steps": 1, "style": style, "styles": book}
+            return [check_inputs(Kind.IMAGINE, "warm-up", seed=seed, **options) for seed in range(images)]
+
+        first_aspect = next(iter(self.buckets))
         return [
-            [
-                check_inputs(Kind.IMAGINE, "warm-up", buckets=self.buckets, aspect=aspect, steps=1, seed=seed)
-                for seed in range(images)
-            ]
-            for aspect in self.buckets
+            batch(aspect, images, style)
+            for style in adapters
+            for aspect in (self.buckets if style is None else [first_aspect])
             for images in sizes
         ]
 

@@ -37,10 +37,11 @@ def generate(
         raise ValueError("`requests` must share one batch_key")
 
     # 2. Render on the compiled twins when they cover this shape, else on the eager models
-    shape = BatchShape(images=sum(request.count for request in requests), width=first.width, height=first.height)
+    count = sum(request.count for request in requests)
+    shape = BatchShape(count, first.width, first.height, adapter=pipes.styles.adapter(first.style))
     try:
         images = None
-        if pipes.compiled is not None and not pipes.styles.uses_adapter(first.style):
+        if pipes.compiled is not None:
             images = pipes.compiled.serve(shape, lambda twins: render(twins, requests, should_stop))
         if images is None:
             images = render(pipes, requests, should_stop)

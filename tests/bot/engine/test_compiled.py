@@ -15,7 +15,7 @@ from bot.engine.adapters import StyleAdapters
 from bot.engine.compiled import CompiledTwins, compiled_graph_count, weight_sharing_twin
 from bot.engine.generation import generate, render
 from bot.engine.pipelines import Pipelines, load_pipelines
-from bot.engine.requests import GenerationRequest, Kind, check_inputs
+from bot.engine.requests import Kind, check_inputs
 from bot.settings import Settings
 from bot.styles import Style, StyleBook
 
@@ -66,7 +66,8 @@ def test_twin_shares_every_tensor_but_no_module(pipes: Pipelines) -> None:
 def test_warm_up_compiles_per_batch_size_not_per_aspect(twins: CompiledTwins) -> None:
     # The UNet's repeated block and the VAE decoder, each once at batch 1 (torch specialises sizes of 1) and
     # once for larger batches; the second aspect (16:9 after the square 1:1) compiles nothing of its own.
-    assert twins.graphs_compiled == 4
+    # The LoRA style compiles the UNet's block again, at both batch sizes.
+    assert twins.graphs_compiled == 4 + 2
 
 
 def test_compiled_images_match_eager(pipes: Pipelines, buckets, served_by: CompiledTwins) -> None:
@@ -120,20 +121,32 @@ def test_a_batch_that_would_recompile_falls_back_to_eager(pipes: Pipelines, buck
     served_by._excluded.clear()
 
 
-def test_a_lora_style_runs_eager_and_the_twins_keep_serving(pipes: Pipelines, buckets, served_by) -> None:
-    def fox(style: str | None) -> GenerationRequest:
-        book = StyleBook(list(STYLES.values()))
-        return check_inputs(Kind.IMAGINE, "a fox", buckets=buckets, seed=5, style=style, styles=book)
+def test_twins_switch_styles_on_copies_of_their_own(pipes: Pipelines, buckets) -> None:
+    # The compile thread switches styles for its warm-up while the GPU thread serves styled batches eagerly:
+    # neither may flip the other's adapters (nothing compiles until the twins render).
+    twins = CompiledTwins(pipes, {"1:1": buckets["1:1"]}, max_batch_images=1)
+    eager, twin = pipes.styles.layers, twins.pipes.styles.layers
+    assert twin and len(twin) == len(eager) and not {id(layer) for layer in eager} & {id(layer) for layer in twin}
+    pipes.styles.activate(pipes.styles.style("ink"))
+    try:
+        assert not any(layer.disable_adapters for layer in eager) and all(layer.disable_adapters for layer in twin)
+    finally:
+        pipes.styles.activate(None)
 
+
+def test_styles_are_served_compiled_and_switching_never_recompiles(pipes: Pipelines, buckets, served_by) -> None:
+    book = StyleBook(list(STYLES.values()))
+    requests = [  # the LoRA style was warmed up at 1:1 only: its graphs serve every aspect
+        check_inputs(Kind.IMAGINE, "a fox", buckets=buckets, aspect=aspect, seed=5, style=style, styles=book, count=n)
+        for aspect, style, n in [("16:9", "ink", 2), ("1:1", None, 1), ("16:9", "rain", 1), ("1:1", "ink", 1)]
+    ]
     graphs, served = compiled_graph_count(), served_by.batches_served
-    [[inked]] = generate(pipes, [fox("ink")])
-    assert served_by.batches_served == served  # the twins compute without adapters: this one ran eager
-    [[plain]] = generate(pipes, [fox(None)])
-    [[rainy]] = generate(pipes, [fox("rain")])  # a template style changes only the prompt: the twins serve it
-    assert served_by.batches_served == served + 2 and compiled_graph_count() == graphs
-    assert np.array_equal(pixels(inked), pixels(render(pipes, [fox("ink")])[0]))
-    assert np.abs(pixels(plain) - pixels(render(pipes, [fox(None)])[0])).max() <= 2
-    assert np.abs(pixels(rainy) - pixels(render(pipes, [fox("rain")])[0])).max() <= 2
+    compiled = [generate(pipes, [request])[0] for request in requests]
+    assert served_by.batches_served == served + len(requests) and compiled_graph_count() == graphs
+    for request, images in zip(requests, compiled, strict=True):
+        for ours, eager in zip(images, render(pipes, [request]), strict=True):
+            assert np.abs(pixels(ours) - pixels(eager)).max() <= 2
+    inked, plain = compiled[3][0], compiled[1][0]
     assert np.abs(pixels(inked) - pixels(plain)).mean() > 1
 
 
