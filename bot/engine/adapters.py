@@ -58,13 +58,12 @@ class StyleAdapters:
         return None if name is None else self.book.get(name)
 
     def adapter(self, name: str | None) -> str | None:
-        """The adapter the style called `name` computes with; None for no style or a template-only one."""
-        style = self.style(name)
-        return style.name if style is not None and style.lora is not None else None
+        """The adapter the style called `name` computes with."""
+        return adapter_of(self.style(name))
 
     def activate(self, style: Style | None) -> None:
         """Make the models compute with `style`'s adapter, or with none."""
-        wanted = style.name if style is not None and style.lora is not None else None
+        wanted = adapter_of(style)
         if wanted == self._active:
             return
         for layer in self._layers:
@@ -78,6 +77,11 @@ class StyleAdapters:
             layer.set_scale(wanted, style.weight)
         self._active = wanted
         self._selected = wanted or self._selected
+
+
+def adapter_of(style: Style | None) -> str | None:
+    """A style's adapter is named after it; no style, or a template-only one, computes with none."""
+    return style.name if style is not None and style.lora is not None else None
 
 
 def adapter_layers(pipe: StableDiffusionXLPipeline) -> list[BaseTunerLayer]:

@@ -1,7 +1,7 @@
 """Compiled twins of the UNet and the VAE decoder, compiled in the background while the eager models serve.
 
 `torch.compile` makes every step cheaper, but compiling costs tens of seconds per new input shape and the bot
-serves seven aspect buckets at every batch size. Four choices keep that cost away from users:
+serves seven aspect buckets at every batch size. These choices keep that cost away from users:
 
 - Twins: the compiled UNet and VAE are copies of the module trees that share every parameter tensor with the
   eager models, so they cost no memory and the eager models keep serving while the twins compile on a thread.
@@ -121,7 +121,7 @@ class CompiledTwins:
         per-adapter state is part of what they check), but shapes are symbolic, so not per bucket."""
         sizes = sorted({1, self.max_batch_images})
         book = self.pipes.styles.book
-        adapters = [None] + [style.name for style in book if style.lora is not None]
+        lora_styles = [style.name for style in book if style.lora is not None]
 
         def batch(aspect: str, images: int, style: str | None) -> list[GenerationRequest]:
             options = {"buckets": self.buckets, "aspect": aspect, "steps": 1, "style": style, "styles": book}
@@ -130,7 +130,7 @@ class CompiledTwins:
         first_aspect = next(iter(self.buckets))
         return [
             batch(aspect, images, style)
-            for style in adapters
+            for style in [None, *lora_styles]
             for aspect in (self.buckets if style is None else [first_aspect])
             for images in sizes
         ]
