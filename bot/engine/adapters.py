@@ -84,6 +84,11 @@ def adapter_of(style: Style | None) -> str | None:
     return style.name if style is not None and style.lora is not None else None
 
 
+def is_adapter_weight(name: str) -> bool:
+    """Whether a parameter name is one of a LoRA adapter's own weights (peft names them `lora_A`, `lora_B`, …)."""
+    return ".lora_" in name
+
+
 def adapter_layers(pipe: StableDiffusionXLPipeline) -> list[BaseTunerLayer]:
     """The layers peft put adapters into, in the UNet and the text encoders."""
     models = [component for component in pipe.components.values() if isinstance(component, torch.nn.Module)]

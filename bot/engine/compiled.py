@@ -34,7 +34,7 @@ from typing import TypeVar
 import torch
 from diffusers import StableDiffusionXLPipeline
 
-from bot.engine.adapters import StyleAdapters
+from bot.engine.adapters import StyleAdapters, is_adapter_weight
 from bot.engine.pipelines import Pipelines, assemble_pipelines
 from bot.engine.requests import GenerationRequest, Kind, check_inputs
 
@@ -56,9 +56,11 @@ class BatchShape:
     adapter: str | None = None
 
 
-def weight_sharing_twin(module: torch.nn.Module) -> torch.nn.Module:
-    """A deep copy of `module`'s structure whose parameters and buffers are the very same tensors."""
-    memo = {id(tensor): tensor for tensor in [*module.parameters(), *module.buffers()]}
+def weight_sharing_twin(module: torch.nn.Module, own: Callable[[str], bool] = lambda name: False) -> torch.nn.Module:
+    """A deep copy of `module`'s structure whose parameters and buffers are the very same tensors, except the ones
+    whose names `own` picks: those are copied."""
+    named = [*module.named_parameters(), *module.named_buffers()]
+    memo = {id(tensor): tensor for name, tensor in named if not own(name)}
     return copy.deepcopy(module, memo)
 
 
@@ -75,14 +77,18 @@ class CompiledTwins:
     def __init__(self, eager: Pipelines, buckets: dict[str, tuple[int, int]], max_batch_images: int) -> None:
         self.buckets = buckets
         self.max_batch_images = max_batch_images
-        unet = weight_sharing_twin(eager.text2img.unet)
+        # Adapter weights are the twins' own (a few MB per style): switching a style sets `requires_grad` on them,
+        # which compiled graphs check, so eager switches must not reach the twins' weights.
+        unet = weight_sharing_twin(eager.text2img.unet, own=is_adapter_weight)
         unet.compile_repeated_blocks(fullgraph=True, dynamic=True)
         vae = weight_sharing_twin(eager.codec.vae)
         tiny = None if eager.codec.decoder is eager.codec.vae else weight_sharing_twin(eager.codec.decoder)
         (tiny or vae).decoder.compile(fullgraph=True, dynamic=True)  # whichever decodes (MODEL_TINY_VAE)
         # Text encoders of their own too (sharing weights): styles' adapter layers live in them as well, and the
         # compile thread switches styles on its copies while the GPU thread switches the eager ones.
-        encoders = {name: weight_sharing_twin(getattr(eager.text2img, name)) for name in TEXT_ENCODERS}
+        encoders = {
+            name: weight_sharing_twin(getattr(eager.text2img, name), own=is_adapter_weight) for name in TEXT_ENCODERS
+        }
         text2img = StableDiffusionXLPipeline.from_pipe(eager.text2img, unet=unet, vae=vae, **encoders)
         self.pipes = assemble_pipelines(
             text2img, eager.device, model_name=eager.model_name, embeddings=eager.embeddings, decoder=tiny

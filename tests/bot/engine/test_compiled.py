@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from bot.engine.adapters import StyleAdapters
+from bot.engine.adapters import StyleAdapters, is_adapter_weight
 from bot.engine.compiled import CompiledTwins, compiled_graph_count, weight_sharing_twin
 from bot.engine.generation import generate, render
 from bot.engine.pipelines import Pipelines, load_pipelines
@@ -127,6 +128,10 @@ def test_twins_switch_styles_on_copies_of_their_own(pipes: Pipelines, buckets) -
     twins = CompiledTwins(pipes, {"1:1": buckets["1:1"]}, max_batch_images=1)
     eager, twin = pipes.styles.layers, twins.pipes.styles.layers
     assert twin and len(twin) == len(eager) and not {id(layer) for layer in eager} & {id(layer) for layer in twin}
+    # the base weights are shared; the adapters' weights are the twins' own (switching sets their requires_grad)
+    pairs = zip(pipes.text2img.unet.named_parameters(), twins.pipes.text2img.unet.named_parameters(), strict=True)
+    for (name, ours), (_, theirs) in pairs:
+        assert (ours is theirs) != is_adapter_weight(name) and torch.equal(ours, theirs), name
     pipes.styles.activate(pipes.styles.style("ink"))
     try:
         assert not any(layer.disable_adapters for layer in eager) and all(layer.disable_adapters for layer in twin)
@@ -148,6 +153,11 @@ def test_styles_are_served_compiled_and_switching_never_recompiles(pipes: Pipeli
             assert np.abs(pixels(ours) - pixels(eager)).max() <= 2
     inked, plain = compiled[3][0], compiled[1][0]
     assert np.abs(pixels(inked) - pixels(plain)).mean() > 1
+    # Eager batches switch the eager adapters (last to none here); the twins must still serve the style unchanged
+    render(pipes, [requests[1]])
+    served = served_by.batches_served
+    assert np.array_equal(pixels(generate(pipes, [requests[3]])[0][0]), pixels(inked))
+    assert served_by.batches_served == served + 1 and compiled_graph_count() == graphs
 
 
 def test_a_tiny_autoencoder_is_what_the_twins_compile_and_decode_with(
