@@ -3,8 +3,9 @@
 `torch.compile` makes every step cheaper, but compiling costs tens of seconds per new input shape and the bot
 serves seven aspect buckets at every batch size. These choices keep that cost away from users:
 
-- Twins: the compiled UNet and VAE are copies of the module trees that share every parameter tensor with the
-  eager models, so they cost no memory and the eager models keep serving while the twins compile on a thread.
+- Twins: the compiled UNet, VAE and text encoders are copies of the module trees that share every weight
+  with the eager models (all but the styles' small LoRA weights), so they cost next to no memory and the eager
+  models keep serving while the twins compile on a thread.
 - Regional, dynamic compilation: the UNet compiles only its repeated transformer blocks (diffusers'
   `compile_repeated_blocks`), where most of its time goes; one compiled block serves every instance of it. Sizes
   are symbolic (`dynamic=True`), so one compilation covers every bucket and batch size; only batch 1 gets
@@ -34,7 +35,7 @@ from typing import TypeVar
 import torch
 from diffusers import StableDiffusionXLPipeline
 
-from bot.engine.adapters import StyleAdapters, is_adapter_weight
+from bot.engine.adapters import StyleAdapters, adapter_of, is_adapter_weight
 from bot.engine.pipelines import Pipelines, assemble_pipelines
 from bot.engine.requests import GenerationRequest, Kind, check_inputs
 
@@ -127,7 +128,7 @@ class CompiledTwins:
         per-adapter state is part of what they check), but shapes are symbolic, so not per bucket."""
         sizes = sorted({1, self.max_batch_images})
         book = self.pipes.styles.book
-        lora_styles = [style.name for style in book if style.lora is not None]
+        lora_styles = [style.name for style in book if adapter_of(style) is not None]
 
         def batch(aspect: str, images: int, style: str | None) -> list[GenerationRequest]:
             options = {"buckets": self.buckets, "aspect": aspect, "steps": 1, "style": style, "styles": book}
