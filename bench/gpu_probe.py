@@ -8,14 +8,19 @@ Prints, each side by side in one process on one card:
 1. one UNet forward at batch 1, the latent-only pipeline call (text encoders + 4 UNet steps) of plain and of
    ours, alternated so that clock or thermal drift hits both alike;
 2. ours taken apart: prompt encoding (a new prompt), denoising (cached prompt), VAE decode, PNG encoding,
-   each with its peak memory, against plain's whole call and its peak;
-3. the ten costliest operators of plain's and of our latent-only call (torch.profiler, device time on a GPU);
-4. VAE decode per dtype, and with `--compile-seconds` above 0, the regional compile of the 1:1 bucket.
+   the executor around it, each with its peak memory, against plain's whole call and its peak; then the
+   same at 8 images;
+3. the ten costliest operators of plain's and of our latent-only call, and of our VAE decode (torch.profiler,
+   device time on a GPU);
+4. VAE decode per dtype at batch 1 and at the decode chunk, and with `--compile-seconds` above 0, the
+   regional compile of the 1:1 bucket.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import functools
 import itertools
 import os
 import tempfile
@@ -29,10 +34,12 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from bench.gpu import DEFAULT_CONFIGS, STEPS, Bench, full_size_pipeline, ours_from, tiny_pipeline
+from bench.streams import time_stream
 from bot.engine.compiled import CompiledTwins, use_compile_cache
 from bot.engine.generation import _denoise, generate, render
 from bot.engine.images import encode_png
-from bot.engine.requests import Kind, bucket_sizes, check_inputs
+from bot.engine.requests import GenerationRequest, Kind, bucket_sizes, check_inputs
+from bot.engine.vae import DECODE_CHUNK
 
 REPEATS = 3
 
@@ -86,9 +93,9 @@ def main() -> None:
     buckets = bucket_sizes(256 if args.tiny else 1024)
     width, height = buckets["1:1"]
 
-    def plain_call(output_type: str = "pil") -> object:
+    def plain_call(output_type: str = "pil", images: int = 1) -> object:
         return plain(
-            prompt="a fox", num_inference_steps=STEPS, guidance_scale=1.0, width=width, height=height,
+            prompt=["a fox"] * images, num_inference_steps=STEPS, guidance_scale=1.0, width=width, height=height,
             output_type=output_type,
         )  # fmt: skip
 
@@ -121,31 +128,48 @@ def main() -> None:
     def generators() -> list[torch.Generator]:
         return [torch.Generator("cpu").manual_seed(1)]
 
+    def eight_generators() -> list[torch.Generator]:
+        return [torch.Generator("cpu").manual_seed(seed) for seed in range(8)]
+
+    async def one_through_executor(one: GenerationRequest) -> None:
+        await time_stream(functools.partial(generate, ours), [one], users=1, batch_images=1)
+
     probe.report("ours: denoising, cached prompt", lambda: _denoise(ours, [request], generators(), lambda: False))
     latents = _denoise(ours, [request], generators(), lambda: False)
     probe.report(f"ours: VAE decode ({ours.codec.vae.dtype})", lambda: ours.codec.decode(latents))
     image = ours.codec.decode(latents)[0]
     probe.report("ours: PNG encoding", lambda: encode_png(image, {"prompt": "a fox"}))
     probe.report("ours: generate, cached prompt", lambda: generate(ours, [request]))
+    probe.report("ours: through a fresh executor, PNG included", lambda: asyncio.run(one_through_executor(request)))
     probe.report("plain: whole call (VAE upcast to float32)", plain_call)
+
+    # 2b. The same at batch 8, where ours measured twice plain's time
+    eight = check_inputs(Kind.IMAGINE, "a fox", buckets=buckets, seed=1, count=4)
+    probe.report("ours: denoising, 8 images", lambda: _denoise(ours, [eight, eight], eight_generators(), lambda: False))
+    latents8 = _denoise(ours, [eight, eight], eight_generators(), lambda: False)
+    probe.report("ours: VAE decode, 8 images", lambda: ours.codec.decode(latents8))
+    probe.report("ours: generate, 8 images", lambda: generate(ours, [eight, eight]), repeats=2)
+    probe.report("plain: latent-only call, 8 images", lambda: plain_call("latent", 8), repeats=2)
+    probe.report("plain: whole call, 8 images", lambda: plain_call("pil", 8), repeats=2)
     print(f"float32 retries: {ours.codec.float32_retries}", flush=True)
 
     # 3. Where the time goes inside each latent-only call
     with torch.no_grad():
         probe.top_operators("plain, latent-only call", lambda: plain_call("latent"))
         probe.top_operators("ours, latent-only call", ours_latent_only)
+    probe.top_operators(f"ours, VAE decode ({ours.codec.vae.dtype})", lambda: ours.codec.decode(latents))
 
     # 4. VAE dtypes and the compile of one bucket
-    decode_latents = torch.randn(1, plain.vae.config.latent_channels, *size, device=device)
     scale = plain.vae.config.scaling_factor
     dtypes = (torch.float32,) if args.tiny else (torch.float32, torch.bfloat16, torch.float16)
     with torch.no_grad():
-        for dtype in dtypes:
+        for dtype, batch in itertools.product(dtypes, (1, DECODE_CHUNK)):
             vae = plain.vae.to(dtype)
-            finite = torch.isfinite(vae.decode(decode_latents.to(dtype) / scale).sample).all().item()
+            decode_latents = torch.randn(batch, plain.vae.config.latent_channels, *size, device=device, dtype=dtype)
+            finite = torch.isfinite(vae.decode(decode_latents / scale).sample).all().item()
             probe.report(
-                f"VAE decode {dtype}, finite {finite}",
-                lambda vae=vae, d=dtype: vae.decode(decode_latents.to(d) / scale),
+                f"VAE decode {dtype}, batch {batch}, finite {finite}",
+                lambda vae=vae, latents=decode_latents: vae.decode(latents / scale),
             )
         plain.vae.to(plain.unet.dtype)
     if args.compile_seconds > 0:
