@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 from diffusers import (
@@ -35,6 +35,10 @@ if TYPE_CHECKING:
     from bot.engine.compiled import CompiledTwins
 
 log = logging.getLogger(__name__)
+
+SharingPipeline = TypeVar(
+    "SharingPipeline", StableDiffusionXLPipeline, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline
+)
 
 
 class ModelUnavailable(Exception):
@@ -157,8 +161,8 @@ def assemble_pipelines(
     text2img.to(device)
     if decoder is not None:
         decoder.to(device)
-    img2img = StableDiffusionXLImg2ImgPipeline.from_pipe(text2img)
-    inpaint = StableDiffusionXLInpaintPipeline.from_pipe(text2img)
+    img2img = pipeline_over(StableDiffusionXLImg2ImgPipeline, text2img)
+    inpaint = pipeline_over(StableDiffusionXLInpaintPipeline, text2img)
     for pipe in (text2img, img2img, inpaint):
         pipe.set_progress_bar_config(disable=True)
     return Pipelines(
@@ -170,6 +174,19 @@ def assemble_pipelines(
         dtype=text2img.unet.dtype,
         model_name=model_name,
         embeddings=embeddings or TextEmbeddingCache(),
+    )
+
+
+def pipeline_over(cls: type[SharingPipeline], pipe: StableDiffusionXLPipeline, **replaced: object) -> SharingPipeline:
+    """A `cls` pipeline over the very components of `pipe` (minus `replaced`), with its prompt config.
+
+    Not diffusers' `from_pipe`: since diffusers 0.42 it casts every component to float32 unless it is given a
+    dtype, and then casts all of them to that one dtype. That silently doubled the UNet's time and memory on the
+    GPU, and our VAE keeps a dtype of its own (bot.engine.vae)."""
+    return cls(
+        **{**pipe.components, **replaced},
+        force_zeros_for_empty_prompt=pipe.config.force_zeros_for_empty_prompt,
+        add_watermarker=False,  # the pipelines return latents; we decode ourselves
     )
 
 

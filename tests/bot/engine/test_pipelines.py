@@ -22,6 +22,15 @@ def test_three_tasks_share_one_set_of_weights(pipes: Pipelines) -> None:
     assert pipes.codec.vae is pipes.text2img.vae
 
 
+def test_every_model_keeps_the_dtype_it_was_loaded_in(settings: Settings) -> None:
+    # diffusers' `from_pipe` would cast the shared models of all three pipelines to float32
+    pipes = load_pipelines(settings.model_copy(update={"dtype": "bfloat16"}))
+    for pipe in (pipes.text2img, pipes.img2img, pipes.inpaint):
+        assert pipe.unet.dtype == pipe.text_encoder.dtype == pipe.text_encoder_2.dtype == torch.bfloat16
+        assert pipe.vae.dtype == torch.float32  # bot.engine.vae's choice on a CPU
+    assert pipes.dtype == torch.bfloat16 and pipes.codec.vae.dtype == torch.float32
+
+
 def test_a_tiny_autoencoder_decodes_and_the_full_vae_still_encodes(tiny_decoder_pipes: Pipelines) -> None:
     codec = tiny_decoder_pipes.codec
     assert isinstance(codec.decoder, AutoencoderTiny) and codec.decoder.device == tiny_decoder_pipes.device
