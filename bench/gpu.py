@@ -6,7 +6,8 @@
 Columns, each adding one thing to the one before, all on the same card in the same process:
 - plain: the model card recipe, one pipeline call per request, float16, the VAE upcast to float32 per decode;
 - executor: our engine (bfloat16 VAE decoded in chunks, cached prompt embeddings) fed a stream of single-image
-  requests from many users with mixed aspects, so it batches what it can;
+  requests from many users with mixed aspects, so it batches what it can; its single requests go one at a time
+  through one executor, PNG encoding included, as the bot serves them;
 - tiny VAE: the executor with a tiny autoencoder decoding (`MODEL_TINY_VAE`, TAESD's architecture) instead
   of the VAE; softer pictures, so it stands beside the executor column rather than under the next one;
 - +compiled: the executor with the compiled twins (bot.engine.compiled), compiled in the background first.
@@ -39,7 +40,7 @@ import torch
 from diffusers import AutoencoderKL, AutoencoderTiny, LCMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from bench.streams import time_stream
+from bench.streams import local_latency, time_stream
 from bot.engine.compiled import CompiledTwins, use_compile_cache
 from bot.engine.generation import generate, render
 from bot.engine.pipelines import Pipelines, assemble_pipelines, vae_dtype
@@ -168,14 +169,16 @@ def measure_ours(bench: Bench, ours: Pipelines, column: str, buckets, requests: 
     for aspect in STREAM_ASPECTS:  # eager warm-up of every stream shape (cuDNN picks its algorithms)
         generate(ours, [check_inputs(Kind.IMAGINE, "warm-up", buckets=buckets, aspect=aspect, count=2)])
 
-    def alone(prompt: str) -> float:
-        request = check_inputs(Kind.IMAGINE, prompt, buckets=buckets, seed=1)
-        return bench.seconds(lambda: asyncio.run(time_stream(run_ours, [request], users=1, batch_images=1)))
-
-    fresh = statistics.median(alone(f"new prompt {index} {column}") for index in range(3))
-    bench.record("one request alone, s", column, f"{fresh:.3f}")
-    cached = statistics.median(alone("a fox") for _ in range(3))
-    bench.record("one request alone, cached prompt, s", column, f"{cached:.3f}")
+    # One at a time through one executor, as the bot serves: its GPU thread starts with the first request
+    prompts = [f"first {column}", *(f"new prompt {index} {column}" for index in range(3)), *["a fox"] * 3]
+    alone = [check_inputs(Kind.IMAGINE, prompt, buckets=buckets, seed=1) for prompt in prompts]
+    seconds = asyncio.run(local_latency(run_ours, alone, batch_images=1)).totals
+    bench.record("first request on a new GPU thread, s", column, f"{seconds[0]:.3f}")
+    bench.record("one request alone, s", column, f"{statistics.median(seconds[1:4]):.3f}")
+    bench.record("one request alone, cached prompt, s", column, f"{statistics.median(seconds[4:]):.3f}")
+    fresh = (check_inputs(Kind.IMAGINE, f"bare {index} {column}", buckets=buckets, seed=1) for index in range(3))
+    bare = statistics.median(bench.seconds(lambda request=request: generate(ours, [request])) for request in fresh)
+    bench.record("  the same without queue and PNG, s", column, f"{bare:.3f}")
     one = check_inputs(Kind.IMAGINE, "a fox", buckets=buckets, seed=3)
     bench.record("peak memory, one image, GiB", column, f"{bench.peak_gib(lambda: generate(ours, [one])):.2f}")
     four = check_inputs(Kind.IMAGINE, "a fox", buckets=buckets, count=4)

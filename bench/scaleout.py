@@ -18,18 +18,15 @@ import argparse
 import asyncio
 import functools
 import os
-import statistics
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench.streams import time_stream
-from bot.engine.executor import Executor, JobQueue
+from bench.streams import Latency, local_latency, one_at_a_time, time_stream
 from bot.engine.generation import generate
-from bot.engine.pipelines import Pipelines, load_pipelines
+from bot.engine.pipelines import load_pipelines
 from bot.engine.requests import GenerationRequest, Kind, bucket_sizes, check_inputs
 from bot.queue.remote import open_remote_executor
 from bot.settings import Settings
@@ -54,36 +51,6 @@ async def through_redis(settings: Settings, requests: list[GenerationRequest]) -
         return time.perf_counter() - start
 
 
-@dataclass(frozen=True)
-class Latency:
-    """Medians over jobs sent one at a time: from submitting to the PNGs, and the same less generation."""
-
-    total: float
-    besides_generation: float
-
-
-async def one_at_a_time(queue: JobQueue, requests: list[GenerationRequest]) -> Latency:
-    totals, besides = [], []
-    for request in requests:
-        start = time.perf_counter()
-        result = await queue.submit(request, user_id=0).result()
-        totals.append(time.perf_counter() - start)
-        besides.append(totals[-1] - result.generation_time)
-    return Latency(statistics.median(totals), statistics.median(besides))
-
-
-async def local_latency(pipes: Pipelines, requests: list[GenerationRequest]) -> Latency:
-    executor = Executor(
-        functools.partial(generate, pipes), model_name="bench", max_batch_images=BATCH, queue_max=1,
-        user_max_pending=1, batch_timeout=600,
-    )  # fmt: skip
-    executor.start()
-    try:
-        return await one_at_a_time(executor, requests)
-    finally:
-        await executor.close()
-
-
 async def redis_latency(settings: Settings, requests: list[GenerationRequest]) -> Latency:
     async with open_remote_executor(settings) as remote:
         return await one_at_a_time(remote, requests)
@@ -105,8 +72,8 @@ def main() -> None:
         local = asyncio.run(time_stream(functools.partial(generate, pipes), requests, users=USERS, batch_images=BATCH))
         rows = [("in process", local)]
         alone = job_requests(LATENCY_JOBS, "alone")  # prompts new to both sides: no cached embeddings
-        latency_local = asyncio.run(local_latency(pipes, alone))
-        latency_redis = Latency(float("nan"), float("nan"))
+        latency_local = asyncio.run(local_latency(functools.partial(generate, pipes), alone, batch_images=BATCH))
+        latency_redis = Latency([float("nan")], [float("nan")])
         for count in (1, 2, 4):
             redis_server = RedisServer(Path(folder))
             redis_server.start()
@@ -132,8 +99,8 @@ def main() -> None:
     print(f"| {'queue':<18} | {'latency':>8} | {'besides generation':>18} |")
     print(f"|{'-' * 20}|{'-' * 10}|{'-' * 20}|")
     for label, latency in (("in process", latency_local), ("Redis, 1 worker", latency_redis)):
-        print(f"| {label:<18} | {latency.total * 1000:>8.1f} | {latency.besides_generation * 1000:>18.1f} |")
-    overhead = latency_redis.besides_generation - latency_local.besides_generation
+        print(f"| {label:<18} | {latency.total * 1000:>8.1f} | {latency.besides * 1000:>18.1f} |")
+    overhead = latency_redis.besides - latency_local.besides
     print(f"Redis adds {overhead * 1000:.1f} ms per job (besides generation, Redis minus in process)")
 
 

@@ -1,12 +1,14 @@
-"""Shared by the benchmarks: push a stream of requests through a fresh executor and time it."""
+"""Shared by the benchmarks: time requests through an executor, as a stream or one at a time."""
 
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from bot.engine.executor import BatchRunner, Executor
+from bot.engine.executor import BatchRunner, Executor, JobQueue
 from bot.engine.requests import GenerationRequest
 
 
@@ -35,3 +37,42 @@ async def time_stream(
     elapsed = time.perf_counter() - start
     await executor.close()
     return elapsed
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Jobs sent one at a time: each one's seconds from submitting to its PNGs, and the same less generation."""
+
+    totals: list[float]
+    besides_generation: list[float]
+
+    @property
+    def total(self) -> float:
+        return statistics.median(self.totals)
+
+    @property
+    def besides(self) -> float:
+        return statistics.median(self.besides_generation)
+
+
+async def one_at_a_time(queue: JobQueue, requests: Sequence[GenerationRequest]) -> Latency:
+    totals, besides = [], []
+    for request in requests:
+        start = time.perf_counter()
+        result = await queue.submit(request, user_id=0).result()
+        totals.append(time.perf_counter() - start)
+        besides.append(totals[-1] - result.generation_time)
+    return Latency(totals, besides)
+
+
+async def local_latency(runner: BatchRunner, requests: Sequence[GenerationRequest], *, batch_images: int) -> Latency:
+    """`one_at_a_time` through one executor, as the bot keeps one: its GPU thread lives from the first request
+    to the last."""
+    executor = Executor(
+        runner, model_name="bench", max_batch_images=batch_images, queue_max=1, user_max_pending=1, batch_timeout=600
+    )
+    executor.start()
+    try:
+        return await one_at_a_time(executor, requests)
+    finally:
+        await executor.close()
