@@ -69,7 +69,7 @@ async def measure(interactions: int, users: int) -> None:
             discord_token=SecretStr("fake-token"),
             _env_file=None,
         )
-        pipes, _ = await asyncio.to_thread(load_engine, settings)  # as at a real start: load, warm up, freeze
+        pipes, _ = await asyncio.to_thread(load_engine, settings)  # as at a real start: load, freeze
         async with open_database(Path(folder) / "bench.sqlite3") as database:
             bot, connection = await connect_bot(fake, settings, database, make_engine(pipes, settings))
             await run_burst(remote, bot, connection, interactions, users)

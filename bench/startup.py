@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from bot.engine.generation import generate  # noqa: E402
+from bot.engine.generation import generate, warm_up  # noqa: E402
 from bot.engine.requests import Kind, bucket_sizes, check_inputs  # noqa: E402
 from bot.engine.service import load_engine  # noqa: E402
 from bot.settings import Settings  # noqa: E402
@@ -61,6 +61,7 @@ def main() -> None:
     report: dict[str, object] = {"imports_s": seconds_since_start()}
     pipes, batch_images = load_engine(settings)
     report["engine_loaded_s"] = seconds_since_start()
+    warm_up(pipes, buckets)  # on the thread that serves here, as the bot does on its GPU thread
     first = check_inputs(Kind.IMAGINE, "a lighthouse at dusk", buckets=buckets, seed=1)
     generate(pipes, [first])
     report["first_image_s"] = seconds_since_start()

@@ -16,7 +16,7 @@ from PIL import Image
 
 from bot.engine.compiled import BatchShape
 from bot.engine.pipelines import Pipelines
-from bot.engine.requests import GenerationRequest, Kind, scheduled_steps
+from bot.engine.requests import GenerationRequest, Kind, check_inputs, scheduled_steps
 from bot.engine.tracing_turns import model_turn
 from bot.engine.vae import NonFiniteOutput
 from bot.errors import GenerationFailed
@@ -121,6 +121,9 @@ def _denoise(
     ).images
 
 
-def warm_up(pipes: Pipelines, request: GenerationRequest) -> None:
-    """One small generation at start, so the first user does not pay for lazy initialisation."""
-    generate(pipes, [request])
+def warm_up(pipes: Pipelines, buckets: dict[str, tuple[int, int]]) -> None:
+    """One one-step image per bucket at start, so that no user pays for lazy initialisation. Call it on the
+    thread that will serve: much of that initialisation is per thread and per shape (cuDNN's convolution plans).
+    On an H100 the first request on a new thread took 1.7 s against 0.7 s."""
+    for aspect in buckets:
+        generate(pipes, [check_inputs(Kind.IMAGINE, "warm-up", buckets=buckets, aspect=aspect, steps=1, seed=0)])

@@ -21,7 +21,7 @@ from bot.engine.compiled import CompiledTwins, use_compile_cache
 from bot.engine.executor import BatchRunner, Executor, JobQueue
 from bot.engine.generation import generate, render, warm_up
 from bot.engine.pipelines import Pipelines, PromptRules, load_pipelines
-from bot.engine.requests import Kind, bucket_sizes, check_inputs
+from bot.engine.requests import bucket_sizes
 from bot.engine.text_masks import TextMasker
 from bot.settings import Settings
 from bot.styles import StyleBook, StylesUnavailable, load_style_book
@@ -63,12 +63,11 @@ def choose_batch_images(settings: Settings, device: torch.device) -> int:
 
 
 def load_engine(settings: Settings) -> tuple[Pipelines, int]:
-    """Blocking part of start-up: load weights, warm up, pick the batch size (run it in a thread)."""
+    """Blocking part of start-up: load weights, pick the batch size, start compiling (run it in a thread).
+    Warming up is the serving thread's job: `warm_up_serving_thread`."""
     pipes = load_pipelines(settings)
     pipes.styles = StyleAdapters.load(pipes.text2img, read_style_book(settings))
     buckets = bucket_sizes(settings.base_resolution)
-    smallest = min(buckets, key=lambda name: buckets[name][0] * buckets[name][1])
-    warm_up(pipes, check_inputs(Kind.IMAGINE, "warm-up", buckets=buckets, aspect=smallest, steps=1, seed=0))
     batch_images = choose_batch_images(settings, pipes.device)
     if compile_enabled(settings, pipes.device):
         use_compile_cache(settings.compile_cache_dir)
@@ -120,9 +119,15 @@ async def open_engine(settings: Settings, *, drain_on_close: bool = False) -> As
     pipes, batch_images = await asyncio.to_thread(load_engine, settings)
     engine = local_engine(settings, pipes, functools.partial(generate, pipes), batch_images)
     try:
+        await warm_up_serving_thread(engine.executor, pipes, buckets)
         yield engine
     finally:
         await engine.executor.close(drain=drain_on_close)
+
+
+async def warm_up_serving_thread(executor: Executor, pipes: Pipelines, buckets: dict[str, tuple[int, int]]) -> None:
+    """`warm_up` on the executor's GPU thread, before it serves anyone."""
+    await executor.run_on_gpu(functools.partial(warm_up, pipes, buckets))
 
 
 def local_engine(settings: Settings, pipes: Pipelines, runner: BatchRunner, batch_images: int) -> Engine:

@@ -22,7 +22,7 @@ from bot.engine.executor import Executor, JobResult
 from bot.engine.generation import generate
 from bot.engine.pipelines import Pipelines
 from bot.engine.requests import GenerationRequest, bucket_sizes
-from bot.engine.service import load_engine
+from bot.engine.service import load_engine, warm_up_serving_thread
 from bot.errors import UserFacingError
 from bot.metrics import Health, serve_metrics
 from bot.queue.celery_app import GENERATE_TASK, make_celery
@@ -87,6 +87,7 @@ async def _open_services(
     )
     executor.start()
     services.push_async_callback(executor.close)
+    await warm_up_serving_thread(executor, pipes, bucket_sizes(settings.base_resolution))
     if settings.metrics_port is not None:
         health = functools.partial(_health, executor)
         await services.enter_async_context(serve_metrics(settings.metrics_port, executor.metrics, health))

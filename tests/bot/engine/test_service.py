@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import gc
 import logging
+import threading
 
 import pytest
 import torch
 
+from bot.engine import generation
 from bot.engine.requests import Kind, check_inputs
 from bot.engine.service import choose_batch_images, compile_enabled, load_engine, open_engine
 from bot.settings import Settings
@@ -24,11 +26,32 @@ def test_compiling_is_automatic_on_gpus_only(settings: Settings, setting: str, d
     assert compile_enabled(settings.model_copy(update={"compile": setting}), torch.device(device)) is expected
 
 
-def test_load_engine_warms_up_and_freezes_the_loaded_heap(settings: Settings) -> None:
+def test_load_engine_freezes_the_loaded_heap(settings: Settings) -> None:
     pipes, batch_images = load_engine(settings)
     assert batch_images == settings.max_batch_images
     assert pipes.device.type == "cpu" and pipes.compiled is None  # COMPILE is off unless asked for
     assert gc.get_freeze_count() > 100_000  # the libraries and the model are out of the collector's reach
+
+
+async def test_the_serving_thread_warms_up_every_bucket_before_the_first_job(
+    settings: Settings, buckets, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rendered: list[tuple[str, tuple[int, int], str]] = []  # (thread, size, prompt), in order
+    render = generation.render
+
+    def recording_render(pipes, requests, should_stop=lambda: False):
+        first = requests[0]
+        rendered.append((threading.current_thread().name, (first.width, first.height), first.prompt))
+        return render(pipes, requests, should_stop)
+
+    monkeypatch.setattr(generation, "render", recording_render)
+    async with open_engine(settings, drain_on_close=True) as engine:
+        job = engine.executor.submit(check_inputs(Kind.IMAGINE, "x", buckets=buckets, steps=1), user_id=1)
+        await job.result()
+    *warm_ups, (job_thread, _, job_prompt) = rendered
+    assert job_prompt == "x" and job_thread.startswith("gpu")
+    assert sorted(size for _, size, _ in warm_ups) == sorted(buckets.values())
+    assert {thread for thread, _, _ in warm_ups} == {job_thread}
 
 
 async def test_open_engine_serves_and_drains(settings: Settings, buckets) -> None:
