@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -30,7 +31,8 @@ class HeldTrace:
                 held.release.wait(WAIT)
                 return x + 1
 
-        self.thread = threading.Thread(target=lambda: torch.fx.symbolic_trace(Waits()))
+        self.module = Waits()
+        self.thread = threading.Thread(target=lambda: torch.fx.symbolic_trace(self.module))
 
     def start(self) -> None:
         self.thread.start()
@@ -81,6 +83,37 @@ def test_a_model_call_waits_for_a_trace_on_another_thread(held_trace: HeldTrace)
     caller.join(WAIT)
     assert "error" not in outcome
     assert torch.equal(outcome["result"], expected)
+
+
+def test_a_waiting_model_call_goes_before_the_next_trace(held_trace: HeldTrace) -> None:
+    events: list[str] = []
+    model_may_end = threading.Event()
+
+    class Records(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            events.append("trace")
+            return x + 1
+
+    def call() -> None:
+        with model_turn():
+            events.append("model")
+            model_may_end.wait(WAIT)
+
+    # the compile thread's way: one trace straight after another
+    held_trace.thread = threading.Thread(
+        target=lambda: [torch.fx.symbolic_trace(module) for module in (held_trace.module, Records())]
+    )
+    held_trace.start()
+    assert held_trace.inside.wait(WAIT)
+    caller, outcome = run_beside(call)
+    time.sleep(0.3)  # the call is waiting for the first trace now
+    held_trace.release.set()
+    time.sleep(0.3)
+    assert events == ["model"]  # the call went first, and the second trace waits for it to end
+    model_may_end.set()
+    held_trace.end()
+    caller.join(WAIT)
+    assert events == ["model", "trace"] and "error" not in outcome
 
 
 def test_a_generation_during_a_trace_waits_and_gives_its_usual_images(
