@@ -77,7 +77,27 @@ def main() -> None:
         report["peak_batch1_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     if pipes.compiled is not None:
         report["served_compiled"] = pipes.compiled.batches_served
+        report["compile_cache"] = compile_cache_counters()
     print(json.dumps(report), flush=True)
+
+
+def compile_cache_counters() -> dict[str, int]:
+    """How often inductor's graph cache and AOTAutograd's cache were hit, missed or bypassed in this process:
+    what a restart's time to compiled speed depends on."""
+    from torch._dynamo.utils import counters
+
+    return {
+        **{
+            f"graph_{key.removeprefix('fxgraph_cache_')}": n
+            for key, n in counters["inductor"].items()
+            if "fxgraph_cache" in key
+        },
+        **{
+            f"aot_{key.removeprefix('autograd_cache_')}": n
+            for key, n in counters["aot_autograd"].items()
+            if "autograd_cache" in key
+        },
+    }
 
 
 if __name__ == "__main__":
