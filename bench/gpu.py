@@ -44,7 +44,7 @@ from bench.streams import local_latency, time_stream
 from bot.engine.compiled import CompiledTwins, use_compile_cache
 from bot.engine.generation import generate, render
 from bot.engine.pipelines import Pipelines, assemble_pipelines, vae_dtype
-from bot.engine.requests import GenerationRequest, Kind, bucket_sizes, check_inputs
+from bot.engine.requests import COUNT_RANGE, GenerationRequest, Kind, bucket_sizes, check_inputs
 from bot.engine.service import choose_batch_images
 from bot.engine.vae import LatentCodec
 from bot.settings import Settings
@@ -142,6 +142,12 @@ class Bench:
             print(f"| {row:<36} | {cells} |")
 
 
+def split_count(images: int) -> list[int]:
+    """`count`s of requests that make one batch of `images` (a request asks for at most COUNT_RANGE[1])."""
+    most = COUNT_RANGE[1]
+    return [most] * (images // most) + ([images % most] if images % most else [])
+
+
 def stream_requests(buckets: dict[str, tuple[int, int]], count: int, tag: str) -> list[GenerationRequest]:
     return [
         check_inputs(Kind.IMAGINE, f"{tag} {i}", buckets=buckets, aspect=STREAM_ASPECTS[i % 4], seed=i)
@@ -185,7 +191,12 @@ def measure_ours(bench: Bench, ours: Pipelines, column: str, buckets, requests: 
     bench.record("8 images in one call, s", column, f"{bench.seconds(lambda: generate(ours, [four, four])):.3f}")
     bench.record("peak memory, 8 images, GiB", column, f"{bench.peak_gib(lambda: generate(ours, [four, four])):.2f}")
     stream = stream_requests(buckets, requests, column)
-    elapsed = asyncio.run(time_stream(run_ours, stream, users=users, batch_images=batch))
+    warm_up = [  # every stream aspect at batch 1 and at the largest batch
+        [check_inputs(Kind.IMAGINE, "warm-up", buckets=buckets, aspect=aspect, count=count) for count in counts]
+        for aspect in STREAM_ASPECTS
+        for counts in ([1], split_count(batch))
+    ]
+    elapsed = asyncio.run(time_stream(run_ours, stream, users=users, batch_images=batch, warm_up=warm_up))
     bench.record("stream, images/s", column, f"{requests / elapsed:.2f}")
     bench.record("stream speed-up over plain", column, f"{bench.plain_stream_seconds / elapsed:.2f}x")
 
