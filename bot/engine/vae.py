@@ -53,11 +53,11 @@ class LatentCodec:
         """RGB images from scaled latents. Raises `NonFiniteOutput` naming the images that stay broken."""
         chunks = [self._decode_pixels(chunk) for chunk in latents.split(DECODE_CHUNK)]
         pixels = torch.cat(chunks).float()
-        broken = [index for index in range(len(pixels)) if not torch.isfinite(pixels[index]).all()]
+        broken = _non_finite(pixels)
         if broken and self.decoder.dtype != torch.float32:
             self.float32_retries += len(broken)
             pixels[broken] = self._decode_float32(latents[broken])
-            broken = [index for index in broken if not torch.isfinite(pixels[index]).all()]
+            broken = _non_finite(pixels)
         if broken:
             raise NonFiniteOutput(broken)
         as_bytes = ((pixels / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
@@ -74,3 +74,9 @@ class LatentCodec:
         # compiled twin (bot.engine.compiled), which may be compiling in another thread right now.
         decoder = copy.deepcopy(self.decoder).to(torch.float32)
         return decoder.decode(latents.float() / decoder.config.scaling_factor).sample
+
+
+def _non_finite(pixels: torch.Tensor) -> list[int]:
+    """The images that hold NaN or infinity: one check and one GPU sync for the batch, not one per image."""
+    finite = torch.isfinite(pixels).flatten(1).all(dim=1).tolist()
+    return [index for index, ok in enumerate(finite) if not ok]
