@@ -12,7 +12,8 @@ Columns, each adding one thing to the one before, all on the same card in the sa
   of the VAE; softer pictures, so it stands beside the executor column rather than under the next one;
 - +compiled: the executor with the compiled twins (bot.engine.compiled), compiled in the background first.
 Then `bench.startup` runs twice as a fresh process on the weights saved to disk: with the compile cache this
-run filled (a restart), and with no compilation (time to the first image). Random weights: speed and memory are
+run filled (a restart), and with no compilation (time to the first image). Last, tiny+compiled: the tiny
+autoencoder served by compiled twins of its own. Random weights: speed and memory are
 real, the pictures are noise. Phases that would overrun `--budget` seconds are skipped and say so.
 """
 
@@ -53,7 +54,7 @@ from tests.support.tiny_model import build_tiny_model, byte_level_tokenizer
 DEFAULT_CONFIGS = Path(__file__).resolve().parents[2] / "shared" / "model-configs" / "ssd-1b"
 STREAM_ASPECTS = ("1:1", "16:9", "9:16", "4:3")
 STEPS = 4
-COLUMNS = ("plain", "executor", "tiny VAE", "+compiled")
+COLUMNS = ("plain", "executor", "tiny VAE", "+compiled", "tiny+compiled")
 
 
 def full_size_pipeline(configs: Path, device: torch.device, workdir: Path) -> StableDiffusionXLPipeline:
@@ -135,10 +136,11 @@ class Bench:
         print(f"  {column:>10} | {row}: {value}", flush=True)
 
     def print_table(self) -> None:
-        print(f"| {'measure':<36} | " + " | ".join(f"{column:>10}" for column in COLUMNS) + " |")
-        print(f"|{'-' * 38}|" + "|".join("-" * 12 for _ in COLUMNS) + "|")
+        width = max(10, *map(len, COLUMNS))
+        print(f"| {'measure':<36} | " + " | ".join(f"{column:>{width}}" for column in COLUMNS) + " |")
+        print(f"|{'-' * 38}|" + "|".join("-" * (width + 2) for _ in COLUMNS) + "|")
         for row, values in self.table.items():
-            cells = " | ".join(f"{values.get(column, ''):>10}" for column in COLUMNS)
+            cells = " | ".join(f"{values.get(column, ''):>{width}}" for column in COLUMNS)
             print(f"| {row:<36} | {cells} |")
 
 
@@ -201,7 +203,18 @@ def measure_ours(bench: Bench, ours: Pipelines, column: str, buckets, requests: 
     bench.record("stream speed-up over plain", column, f"{bench.plain_stream_seconds / elapsed:.2f}x")
 
 
-def compile_twins(bench: Bench, ours: Pipelines, buckets, batch: int) -> bool:
+def measure_compiled(
+    bench: Bench, ours: Pipelines, column: str, buckets, requests: int, users: int, batch: int
+) -> None:
+    """Compile twins of `ours` in the background, then measure `ours` served by them."""
+    if bench.left() > 120 and compile_twins(bench, ours, column, buckets, batch):
+        measure_ours(bench, ours, column, buckets, requests, users, batch)
+        bench.record("batches served compiled", column, str(ours.compiled.batches_served))
+    else:
+        print(f"skipped {column}: {bench.left():.0f} s left", flush=True)
+
+
+def compile_twins(bench: Bench, ours: Pipelines, column: str, buckets, batch: int) -> bool:
     """Compile in the background as the bot does, timing eager requests served meanwhile."""
     twins = CompiledTwins(ours, buckets, batch)
     started = time.perf_counter()
@@ -213,13 +226,13 @@ def compile_twins(bench: Bench, ours: Pipelines, buckets, batch: int) -> bool:
             break
         latencies.append(bench.seconds(lambda: generate(ours, [request])))
     if latencies:
-        bench.record("eager latency while compiling, s", "+compiled", f"{statistics.median(latencies):.3f} med")
-        bench.record("  (worst of the above)", "+compiled", f"{max(latencies):.3f}")
+        bench.record("eager latency while compiling, s", column, f"{statistics.median(latencies):.3f} med")
+        bench.record("  (worst of the above)", column, f"{max(latencies):.3f}")
     if not twins.ready:
         print("compilation did not finish in the budget (or failed; see the log)", flush=True)
         return False
-    bench.record("compile, cold cache, s", "+compiled", f"{twins.compile_seconds:.1f}")
-    bench.record("graphs compiled", "+compiled", str(twins.graphs_compiled))
+    bench.record("compile, s", column, f"{twins.compile_seconds:.1f}")
+    bench.record("graphs compiled", column, str(twins.graphs_compiled))
     ours.compiled = twins
     return True
 
@@ -286,24 +299,23 @@ def main() -> None:
     print(f"stream: {args.requests} single-image requests from {args.users} users, aspects "
           f"{', '.join(STREAM_ASPECTS)}; batches of up to {batch}", flush=True)  # fmt: skip
 
-    # 1. Plain diffusers, 2. our executor, 3. + compiled twins
+    # 1. Plain diffusers, 2. our executor, 3. with the tiny autoencoder, 4. + compiled twins
     measure_plain(bench, plain, buckets, args.requests)
     ours = ours_from(plain, device)
     measure_ours(bench, ours, "executor", buckets, args.requests, args.users, batch)
-    tiny_decoder = AutoencoderTiny().to(device, ours.dtype)
-    tiny_decoded = dataclasses.replace(ours, codec=LatentCodec(ours.codec.vae, ours.dtype, tiny_decoder))
+    tiny_decoded = dataclasses.replace(
+        ours, codec=LatentCodec(ours.codec.vae, ours.dtype, AutoencoderTiny().to(device, ours.dtype)), compiled=None
+    )
     measure_ours(bench, tiny_decoded, "tiny VAE", buckets, args.requests, args.users, batch)
-    del tiny_decoded, tiny_decoder
-    if bench.left() > 120 and compile_twins(bench, ours, buckets, batch):
-        measure_ours(bench, ours, "+compiled", buckets, args.requests, args.users, batch)
-        bench.record("batches served compiled", "+compiled", str(ours.compiled.batches_served))
+    measure_compiled(bench, ours, "+compiled", buckets, args.requests, args.users, batch)
+    del plain
+    gc.collect()
 
     # 5. Fresh processes on the saved weights: a restart with the compile cache, and the time to a first image
-    del plain, ours
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     measure_restart(bench, model_dir, resolution, device.type)
+
+    # 6. Both: the tiny autoencoder served by compiled twins (the UNet's graphs come from the cache by now)
+    measure_compiled(bench, tiny_decoded, "tiny+compiled", buckets, args.requests, args.users, batch)
     print()
     bench.print_table()
 
