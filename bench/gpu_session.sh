@@ -3,7 +3,8 @@
 # command each (or both in one, with `all`):
 #   diagnose: bench.gpu_probe (where one request's time and memory go, ours against plain diffusers, at 1 and
 #             8 images), then bench.decoders (the VAE against the tiny autoencoder at 1024x1024, batches 1 and 8);
-#   table:    bench.gpu, the table (plain, executor, tiny VAE, compiled, restarts), within BUDGET s.
+#   table:    bench.gpu, the table (plain, executor, tiny VAE, compiled, restarts, tiny+compiled), within
+#             BUDGET s.
 # Each step has its own time limit, so one that hangs costs only its share.
 #
 #   bench/gpu_session.sh [MODEL_CONFIGS_DIR] [diagnose|table|all] [BUDGET]
