@@ -3,11 +3,12 @@
 # command each (or both in one, with `all`):
 #   diagnose: bench.gpu_probe (where one request's time and memory go, ours against plain diffusers, at 1 and
 #             8 images), then bench.decoders (the VAE against the tiny autoencoder at 1024x1024, batches 1 and 8);
+#   knobs:    bench.knobs (channels last, cuDNN's algorithm search, fused QKV, PNG threads), alone;
 #   table:    bench.gpu, the issue's table (plain, executor, tiny VAE, compiled, restarts, tiny+compiled), within
 #             BUDGET s.
 # Each step has its own time limit, so one that hangs costs only its share.
 #
-#   bench/gpu_session.sh [MODEL_CONFIGS_DIR] [diagnose|table|all] [BUDGET]
+#   bench/gpu_session.sh [MODEL_CONFIGS_DIR] [diagnose|knobs|table|all] [BUDGET]
 #
 # On a machine without diffusers, put its wheel (and pydantic-settings') in `.whl/` beside the checkout first.
 set -u
@@ -29,6 +30,10 @@ step() {
     timeout "$limit" "$python" -m "$@" || echo "== exit status $?"
 }
 
+if [ "$part" = knobs ]; then
+    step 200 bench.knobs --configs "$configs" --device cuda
+    exit
+fi
 if [ "$part" != table ]; then
     step 170 bench.gpu_probe --configs "$configs" --compile-seconds 0
     step 60 bench.decoders --configs "$configs" --device cuda --resolution 1024 --batches 1 8

@@ -1,0 +1,174 @@
+"""Cheap switches side by side, before any of them goes into the engine: memory layout (channels last), cuDNN's
+algorithm search, fused attention projections, and how many threads encode PNGs.
+
+    python -m bench.knobs --device cuda [--configs DIR]    # full size, 1024x1024, random weights
+    python -m bench.knobs --tiny                           # smoke run on the CPU
+
+Each row adds one switch to the row before, on the same modules in one process: one UNet forward at batch 1 and
+at batch 8 (float16), the VAE decode at batch 1 and at the decode chunk (its serving dtype), the tiny autoencoder
+at batch 8. Then PNG encoding of a noise image (what random weights make; the worst case) and of a smooth one,
+per image, with 1 to 8 encoding threads. A row's `max diff` is its largest difference from the first row's
+output: a switch must not change the pictures beyond rounding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, AutoencoderTiny, UNet2DConditionModel
+from PIL import Image
+
+from bench.gpu import DEFAULT_CONFIGS, Bench
+from bot.engine.images import encode_png
+from bot.engine.pipelines import resolve_dtype, vae_dtype
+from bot.engine.vae import DECODE_CHUNK
+from tests.support.tiny_model import build_tiny_model
+
+PNG_PARAMETERS = {"prompt": "a lighthouse at dusk", "seed": 1, "steps": 4}
+Switch = Callable[[torch.nn.Module], None]
+
+
+def channels_last(module: torch.nn.Module) -> None:
+    module.to(memory_format=torch.channels_last)
+
+
+def cudnn_search(module: torch.nn.Module) -> None:
+    torch.backends.cudnn.benchmark = True
+
+
+def fused_projections(module: torch.nn.Module) -> None:
+    module.fuse_qkv_projections()
+
+
+def compare(
+    bench: Bench, name: str, module: torch.nn.Module, switches: dict[str, Switch], inputs: dict[int, Callable]
+) -> None:
+    """Apply `switches` one after another to `module`, timing `inputs[batch]()` after each."""
+    torch.backends.cudnn.benchmark = False
+    reference: dict[int, torch.Tensor] = {}
+    for label, switch in {"as loaded": lambda module: None, **switches}.items():
+        switch(module)
+        cells = []
+        for batch, run in inputs.items():
+            with torch.no_grad():
+                output = run()  # warm-up (and cuDNN's search, when on)
+                seconds = bench.seconds(run, repeats=3)
+            reference.setdefault(batch, output)
+            diff = (output.float() - reference[batch].float()).abs().max().item()
+            cells.append(f"b{batch} {seconds * 1000:8.1f} ms ({seconds * 1000 / batch:6.1f}/img, max diff {diff:.3g})")
+        print(f"| {name:<16} | {label:<22} | " + " | ".join(cells), flush=True)
+    torch.backends.cudnn.benchmark = False
+
+
+def unet_inputs(unet: UNet2DConditionModel, side: int, batch: int) -> Callable[[], torch.Tensor]:
+    config, device, dtype = unet.config, unet.device, unet.dtype
+    generator = torch.Generator(device).manual_seed(batch)
+
+    def noise(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator, device=device, dtype=dtype)
+
+    sample = noise(batch, config.in_channels, side, side)
+    text = noise(batch, 77, config.cross_attention_dim)
+    added = {
+        "text_embeds": noise(batch, config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim),
+        "time_ids": None,
+    }
+    added["time_ids"] = torch.tensor(
+        [[side * 8, side * 8, 0, 0, side * 8, side * 8]] * batch, device=device, dtype=dtype
+    )
+    condition = noise(batch, config.time_cond_proj_dim) if config.time_cond_proj_dim else None
+    timestep = torch.tensor(999, device=device)
+    return lambda: unet(sample, timestep, text, timestep_cond=condition, added_cond_kwargs=added).sample
+
+
+def decoder_inputs(decoder: AutoencoderKL | AutoencoderTiny, side: int, batch: int) -> Callable[[], torch.Tensor]:
+    latents = torch.randn(batch, 4, side, side, device=decoder.device, dtype=decoder.dtype)
+    return lambda: decoder.decode(latents).sample
+
+
+def png_rows(side: int, image_count: int) -> None:
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0, 255, side)
+    x, y = np.meshgrid(ramp, ramp)
+    smooth = np.stack([x, y, (x + y) / 2], axis=-1).astype(np.uint8)
+    pictures = {
+        "noise": Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)),
+        "smooth": Image.fromarray(smooth),
+    }
+    for name, picture in pictures.items():
+        size = len(encode_png(picture, PNG_PARAMETERS))
+        cells = []
+        for workers in (1, 2, 4, 8):
+            seconds = encode_seconds([picture] * image_count, workers)
+            cells.append(f"{workers} threads {seconds * 1000 / image_count:6.1f} ms/img")
+        print(f"| PNG {name:<12} | {size / 2**20:5.2f} MiB | " + " | ".join(cells), flush=True)
+
+
+def encode_seconds(pictures: list[Image.Image], workers: int) -> float:
+    """Wall time to encode `pictures` on a pool of `workers` threads (started beforehand)."""
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(lambda picture: encode_png(picture, PNG_PARAMETERS), pictures[:workers]))
+        start = time.perf_counter()
+        list(pool.map(lambda picture: encode_png(picture, PNG_PARAMETERS), pictures))
+        return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--configs", type=Path, default=DEFAULT_CONFIGS)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--tiny", action="store_true", help="small configs and 256 px, for a smoke run")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    resolution = 256 if args.tiny else 1024
+    side = resolution // 8
+    bench = Bench(device, budget=600)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"switches on {device} ({name}), {resolution}x{resolution}, torch {torch.__version__}", flush=True)
+
+    torch.manual_seed(0)
+    dtype = resolve_dtype("auto", device)
+    if args.tiny:
+        model = build_tiny_model(Path(tempfile.gettempdir()) / "lcm-bench-knobs")
+        unet_dir, vae_dir = model.lcm_unet, model.base / "vae"
+    else:
+        unet_dir, vae_dir = args.configs / "unet", args.configs / "vae"
+    with device:
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(unet_dir)).to(dtype).eval()
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(vae_dir))
+        tiny = AutoencoderTiny().to(dtype).eval()
+    vae = vae.to(vae_dtype(device, dtype, fp16_safe_vae=False)).eval()
+    batches = (1, 2) if args.tiny else (1, 8)
+    compare(
+        bench,
+        "UNet forward",
+        unet,
+        {"+ channels last": channels_last, "+ cuDNN search": cudnn_search, "+ fused QKV": fused_projections},
+        {batch: unet_inputs(unet, side, batch) for batch in batches},
+    )
+    compare(
+        bench,
+        "VAE decode",
+        vae,
+        {"+ channels last": channels_last, "+ cuDNN search": cudnn_search},
+        {batch: decoder_inputs(vae, side, batch) for batch in (1, DECODE_CHUNK)},
+    )
+    compare(
+        bench,
+        "tiny decode",
+        tiny,
+        {"+ channels last": channels_last, "+ cuDNN search": cudnn_search},
+        {batches[-1]: decoder_inputs(tiny, side, batches[-1])},
+    )
+    png_rows(resolution, image_count=8)
+
+
+if __name__ == "__main__":
+    main()
