@@ -6,16 +6,19 @@ algorithm search, fused attention projections, and how many threads encode PNGs.
 
 Each row adds one switch to the row before, on the same modules in one process: one UNet forward at batch 1 and
 at batch 8 (float16), the VAE decode at batch 1 and at the decode chunk (its serving dtype), the tiny autoencoder
-at batch 8. Then PNG encoding of a noise image (what random weights make; the worst case) and of a smooth one,
-per image, with 1 to 8 encoding threads. A row's `max diff` is its largest difference from the first row's
-output: a switch must not change the pictures beyond rounding.
+at batch 8. A row's `max diff` is its largest difference from the first row's output: a switch must not change
+the pictures beyond rounding. Then PNG encoding per image on 1 to 8 threads, with zlib's default strategy and
+with run-length matching, of a noise image (what random weights make; the worst case), a photo-like one and a
+smooth one.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import tempfile
 import time
+import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -94,29 +97,37 @@ def decoder_inputs(decoder: AutoencoderKL | AutoencoderTiny, side: int, batch: i
 
 
 def png_rows(side: int, image_count: int) -> None:
+    """Per image, on 1 to 8 threads, with zlib's default strategy and with the one we serve."""
     rng = np.random.default_rng(0)
     ramp = np.linspace(0, 255, side)
     x, y = np.meshgrid(ramp, ramp)
-    smooth = np.stack([x, y, (x + y) / 2], axis=-1).astype(np.uint8)
+    gradient = np.stack([x, y, (x + y) / 2], axis=-1)
+    grain = np.clip(gradient + rng.normal(0, 6, gradient.shape), 0, 255)
     pictures = {
-        "noise": Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)),
-        "smooth": Image.fromarray(smooth),
+        "noise": rng.integers(0, 256, (side, side, 3), dtype=np.uint8),
+        "photo-like": grain.astype(np.uint8),  # smooth shading with sensor-like grain
+        "smooth": gradient.astype(np.uint8),
     }
-    for name, picture in pictures.items():
-        size = len(encode_png(picture, PNG_PARAMETERS))
-        cells = []
-        for workers in (1, 2, 4, 8):
-            seconds = encode_seconds([picture] * image_count, workers)
-            cells.append(f"{workers} threads {seconds * 1000 / image_count:6.1f} ms/img")
-        print(f"| PNG {name:<12} | {size / 2**20:5.2f} MiB | " + " | ".join(cells), flush=True)
+    for name, pixels in pictures.items():
+        picture = Image.fromarray(pixels)
+        for strategy_name, strategy in (("zlib default", zlib.Z_DEFAULT_STRATEGY), ("run-length", zlib.Z_RLE)):
+            encode = functools.partial(encode_png, parameters=PNG_PARAMETERS, strategy=strategy)
+            size = len(encode(picture))
+            cells = []
+            for workers in (1, 2, 4, 8):
+                # Copies: Pillow keeps per-image save options that concurrent saves of one image overwrite.
+                seconds = encode_seconds(encode, [picture.copy() for _ in range(image_count)], workers)
+                cells.append(f"{workers} threads {seconds * 1000 / image_count:6.1f} ms/img")
+            label = f"PNG {name}, {strategy_name}"
+            print(f"| {label:<30} | {size / 2**20:5.2f} MiB | " + " | ".join(cells), flush=True)
 
 
-def encode_seconds(pictures: list[Image.Image], workers: int) -> float:
+def encode_seconds(encode: Callable[[Image.Image], bytes], pictures: list[Image.Image], workers: int) -> float:
     """Wall time to encode `pictures` on a pool of `workers` threads (started beforehand)."""
     with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(lambda picture: encode_png(picture, PNG_PARAMETERS), pictures[:workers]))
+        list(pool.map(encode, pictures[:workers]))
         start = time.perf_counter()
-        list(pool.map(lambda picture: encode_png(picture, PNG_PARAMETERS), pictures))
+        list(pool.map(encode, pictures))
         return time.perf_counter() - start
 
 

@@ -18,7 +18,7 @@ async def time_stream(
     *,
     users: int,
     batch_images: int,
-    png_workers: int = 2,
+    png_workers: int | None = None,
     warm_up: Sequence[Sequence[GenerationRequest]] = (),
 ) -> float:
     """Seconds from submitting every request (user `index % users`) until the last result is encoded.

@@ -14,6 +14,7 @@ import abc
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 import time
 import uuid
@@ -246,12 +247,13 @@ class JobQueue(abc.ABC):
 class Executor(JobQueue):
     """The local backend: batches of compatible jobs on one GPU thread, PNG encoding on a small CPU pool."""
 
-    def __init__(self, runner: BatchRunner, *, png_workers: int = 2, **options: object) -> None:
+    def __init__(self, runner: BatchRunner, *, png_workers: int | None = None, **options: object) -> None:
         super().__init__(**options)
         self._runner = runner
         self._stop_running = threading.Event()
         self._gpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpu")
-        self._png = ThreadPoolExecutor(max_workers=png_workers, thread_name_prefix="png")
+        self.png_workers = png_workers or default_png_workers()
+        self._png = ThreadPoolExecutor(max_workers=self.png_workers, thread_name_prefix="png")
         self._finishing: set[asyncio.Task[None]] = set()
 
     def _stop(self) -> None:
@@ -365,6 +367,14 @@ class Executor(JobQueue):
             batch_images=batch_images,
         )
         self._settle(job, JobState.DONE, result)
+
+
+def default_png_workers() -> int:
+    """Half the CPUs, 2 to 8. Pillow encodes without holding the GIL, and a GPU batch of 8 images brings 8 PNGs
+    at once: on an H100 machine's 16 cores a 1024x1024 noise picture took 101 ms per image on 2 threads and
+    29 ms on 8 (bench.knobs), while the GPU made one every 90 ms. The other half serves the GPU thread and the
+    event loop."""
+    return min(8, max(2, (os.cpu_count() or 2) // 2))
 
 
 def _as_user_facing(exc: Exception, job: Job) -> UserFacingError:

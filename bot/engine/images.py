@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import math
 import warnings
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -25,6 +26,9 @@ MIN_INPUT_SIDE = 64
 MASK_THRESHOLD = 128
 MASK_ASPECT_TOLERANCE = 0.02
 PNG_COMPRESS_LEVEL = 3  # level 6 (Pillow's default) costs ~3x the CPU for ~5 % smaller files
+# zlib's run-length strategy instead of its default: 1024x1024 PNGs encode in about 30 % less CPU time, and a
+# photo-like picture comes out no larger (bench.knobs' PNG rows).
+PNG_STRATEGY = zlib.Z_RLE
 JPEG_FALLBACK_QUALITIES = (90, 75, 60, 40)
 THUMBNAIL_SIDE = 256
 
@@ -122,14 +126,15 @@ def prepare_mask(mask: Image.Image, image_size: tuple[int, int], buckets: Mappin
     return fitted
 
 
-def encode_png(image: Image.Image, parameters: Mapping[str, object]) -> bytes:
-    """PNG with each parameter as a text chunk, plus one `parameters` line in the form other tools read."""
+def encode_png(image: Image.Image, parameters: Mapping[str, object], *, strategy: int = PNG_STRATEGY) -> bytes:
+    """PNG with each parameter as a text chunk, plus one `parameters` line in the form other tools read.
+    `strategy` is zlib's (the benchmarks compare them)."""
     info = PngImagePlugin.PngInfo()
     for key, value in parameters.items():
         info.add_itxt(key, str(value))
     info.add_itxt("parameters", ", ".join(f"{key}: {value}" for key, value in parameters.items()))
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=info, compress_level=PNG_COMPRESS_LEVEL)
+    image.save(buffer, format="PNG", pnginfo=info, compress_level=PNG_COMPRESS_LEVEL, compress_type=strategy)
     return buffer.getvalue()
 
 

@@ -37,6 +37,10 @@ class LatentCodec:
     def __init__(self, vae: AutoencoderKL, latent_dtype: torch.dtype, decoder: AutoencoderTiny | None = None) -> None:
         self.vae = vae
         self.decoder: AutoencoderKL | AutoencoderTiny = decoder or vae  # what turns latents into pixels
+        if decoder is not None:
+            # Channels last pays for the tiny autoencoder, all convolutions: 5.8 against 3.9 ms per image at batch
+            # 8 on an H100 (bench.knobs). Not for the VAE, whose group norms made it 25 % slower in that layout.
+            decoder.to(memory_format=torch.channels_last)
         self.latent_dtype = latent_dtype
         self.float32_retries = 0  # images decoded a second time in float32; each costs a full fp32 decode
 

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 import pytest
 from PIL import Image
 
-from bot.engine.executor import Executor, JobState
+from bot.engine.executor import Executor, JobState, default_png_workers
 from bot.engine.generation import generate
 from bot.engine.pipelines import Pipelines
 from bot.engine.requests import GenerationRequest, Kind, check_inputs
@@ -184,3 +184,16 @@ async def test_event_loop_stays_responsive_while_generating(pipes: Pipelines, bu
     await done
     await executor.close()
     assert worst_lag < 0.05, f"event loop blocked for {worst_lag * 1000:.0f} ms"
+
+
+@pytest.mark.parametrize(("cpus", "workers"), [(None, 2), (1, 2), (4, 2), (16, 8), (128, 8)])
+def test_png_encoders_grow_with_the_machine(monkeypatch: pytest.MonkeyPatch, cpus: int | None, workers: int) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: cpus)
+    assert default_png_workers() == workers
+
+
+def test_executor_encodes_on_the_default_pool_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 12)
+    never_runs = functools.partial(pytest.fail, "no job was submitted")
+    default, told = make_executor(never_runs), make_executor(never_runs, png_workers=1)
+    assert (default.png_workers, told.png_workers) == (6, 1)

@@ -152,3 +152,10 @@ def test_png_carries_its_parameters() -> None:
         assert reopened.text["prompt"] == parameters["prompt"]
         assert reopened.text["seed"] == "7"
         assert "seed: 7" in reopened.text["parameters"]
+
+
+def test_png_keeps_every_pixel() -> None:
+    pixels = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    png = encode_png(Image.fromarray(pixels), {"seed": 1})
+    with Image.open(io.BytesIO(png)) as reopened:
+        assert np.array_equal(np.asarray(reopened.convert("RGB")), pixels)

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL
 
+from bot.engine.pipelines import Pipelines
 from bot.engine.vae import LatentCodec
 from tests.support.tiny_model import TinyModel
 
@@ -21,3 +22,14 @@ def test_only_the_images_that_overflow_are_decoded_again_in_float32(tiny_model: 
     upcast = LatentCodec(copy.deepcopy(half.vae).to(torch.float32), latent_dtype=torch.float32)
     assert np.array_equal(np.asarray(images[1]), np.asarray(upcast.decode(latents)[1]))
     assert half.vae.dtype == torch.float16  # the retry used a copy: the VAE is shared with the compiled twins
+
+
+def test_the_tiny_decoder_works_channels_last_for_the_same_pixels(tiny_decoder_pipes: Pipelines) -> None:
+    codec = tiny_decoder_pipes.codec
+    convolutions = [module for module in codec.decoder.modules() if isinstance(module, torch.nn.Conv2d)]
+    assert all(conv.weight.is_contiguous(memory_format=torch.channels_last) for conv in convolutions)
+    as_made = copy.deepcopy(codec.decoder).to(memory_format=torch.contiguous_format)
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = as_made.decode(latents / as_made.config.scaling_factor).sample
+        assert torch.allclose(codec._decode_pixels(latents), expected, atol=1e-5)
