@@ -4,7 +4,7 @@
 #   diagnose: bench.gpu_probe (where one request's time and memory go, ours against plain diffusers, at 1 and
 #             8 images), then bench.decoders (the VAE against the tiny autoencoder at 1024x1024, batches 1 and 8);
 #   knobs:    bench.knobs (channels last, cuDNN's algorithm search, fused QKV, PNG threads), alone;
-#   table:    bench.gpu, the issue's table (plain, executor, tiny VAE, compiled, restarts, tiny+compiled), within
+#   table:    bench.knobs' PNG rows (this machine's CPU), then bench.gpu, the issue's table (plain, executor, tiny VAE, compiled, restarts, tiny+compiled), within
 #             BUDGET s.
 # Each step has its own time limit, so one that hangs costs only its share.
 #
@@ -39,5 +39,6 @@ if [ "$part" != table ]; then
     step 60 bench.decoders --configs "$configs" --device cuda --resolution 1024 --batches 1 8
 fi
 if [ "$part" != diagnose ]; then
+    step 60 bench.knobs --png-only
     step $((budget + 20)) bench.gpu --configs "$configs" --budget "$budget" --workdir /tmp/lcm-bench
 fi

@@ -3,6 +3,7 @@ algorithm search, fused attention projections, and how many threads encode PNGs.
 
     python -m bench.knobs --device cuda [--configs DIR]    # full size, 1024x1024, random weights
     python -m bench.knobs --tiny                           # smoke run on the CPU
+    python -m bench.knobs --png-only                       # the PNG rows alone, at 1024x1024
 
 Each row adds one switch to the row before, on the same modules in one process: one UNet forward at batch 1 and
 at batch 8 (float16), the VAE decode at batch 1 and at the decode chunk (its serving dtype), the tiny autoencoder
@@ -136,7 +137,11 @@ def main() -> None:
     parser.add_argument("--configs", type=Path, default=DEFAULT_CONFIGS)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--tiny", action="store_true", help="small configs and 256 px, for a smoke run")
+    parser.add_argument("--png-only", action="store_true", help="only the PNG rows (no GPU needed)")
     args = parser.parse_args()
+    if args.png_only:
+        png_rows(1024, image_count=8)
+        return
     device = torch.device(args.device)
     resolution = 256 if args.tiny else 1024
     side = resolution // 8
