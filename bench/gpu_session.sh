@@ -4,8 +4,8 @@
 #   diagnose: bench.gpu_probe (where one request's time and memory go, ours against plain diffusers, at 1 and
 #             8 images), then bench.decoders (the VAE against the tiny autoencoder at 1024x1024, batches 1 and 8);
 #   knobs:    bench.knobs (channels last, cuDNN's algorithm search, fused QKV, PNG threads), alone;
-#   table:    bench.knobs' PNG rows (this machine's CPU), then bench.gpu, the issue's table (plain, executor, tiny VAE, compiled, restarts, tiny+compiled), within
-#             BUDGET s.
+#   table:    bench.knobs' PNG rows (this machine's CPU), then bench.gpu, the issue's table (plain, executor,
+#             tiny VAE, compiled, restarts, tiny+compiled), within BUDGET s.
 # Each step has its own time limit, so one that hangs costs only its share.
 #
 #   bench/gpu_session.sh [MODEL_CONFIGS_DIR] [diagnose|knobs|table|all] [BUDGET]
