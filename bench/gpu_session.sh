@@ -3,12 +3,13 @@
 # command each (or both in one, with `all`):
 #   diagnose: bench.gpu_probe (where one request's time and memory go, ours against plain diffusers, at 1 and
 #             8 images), then bench.decoders (the VAE against the tiny autoencoder at 1024x1024, batches 1 and 8);
+#   compile:  bench.gpu --compile-only (the twins' cold compile, and eager requests served meanwhile);
 #   knobs:    bench.knobs (channels last, cuDNN's algorithm search, fused QKV, PNG threads), alone;
 #   table:    bench.knobs' PNG rows (this machine's CPU), then bench.gpu, the issue's table (plain, executor,
 #             tiny VAE, compiled, restarts, tiny+compiled), within BUDGET s.
 # Each step has its own time limit, so one that hangs costs only its share.
 #
-#   bench/gpu_session.sh [MODEL_CONFIGS_DIR] [diagnose|knobs|table|all] [BUDGET]
+#   bench/gpu_session.sh [MODEL_CONFIGS_DIR] [diagnose|knobs|compile|table|all] [BUDGET]
 #
 # On a machine without diffusers, put its wheel (and pydantic-settings') in `.whl/` beside the checkout first.
 set -u
@@ -30,6 +31,10 @@ step() {
     timeout "$limit" "$python" -m "$@" || echo "== exit status $?"
 }
 
+if [ "$part" = compile ]; then
+    step $((budget + 20)) bench.gpu --configs "$configs" --budget "$budget" --workdir /tmp/lcm-bench --compile-only
+    exit
+fi
 if [ "$part" = knobs ]; then
     step 200 bench.knobs --configs "$configs" --device cuda
     exit

@@ -17,8 +17,8 @@ serves seven aspect buckets at every batch size. These choices keep that cost aw
   switching between styles then picks among compiled graphs and never recompiles.
 - The twins take over only once every bucket has run through them, and then run under `fail_on_recompile`:
   a batch that would still need compiling falls back to eager (and its shape stays eager) rather than stall.
-- The compile thread's traces and the serving thread's batches take turns (bot.engine.tracing_turns): a
-  torch.fx trace would otherwise break a model call made beside it.
+- The compile thread's torch.fx traces patch modules for that thread alone (bot.engine.thread_local_tracing):
+  a trace would otherwise break a model call made beside it.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from diffusers import StableDiffusionXLPipeline
 from bot.engine.adapters import StyleAdapters, adapter_of, is_adapter_weight
 from bot.engine.pipelines import Pipelines, assemble_pipelines, pipeline_over
 from bot.engine.requests import GenerationRequest, Kind, check_inputs
-from bot.engine.tracing_turns import make_traces_take_turns
+from bot.engine.thread_local_tracing import make_tracing_thread_local
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class CompiledTwins:
     """Owns the compiled pipelines and decides, batch by batch, whether they may serve it."""
 
     def __init__(self, eager: Pipelines, buckets: dict[str, tuple[int, int]], max_batch_images: int) -> None:
-        make_traces_take_turns()
+        make_tracing_thread_local()
         self.buckets = buckets
         self.max_batch_images = max_batch_images
         # Adapter weights are the twins' own (a few MB per style): switching a style sets `requires_grad` on them,

@@ -17,7 +17,6 @@ from PIL import Image
 from bot.engine.compiled import BatchShape
 from bot.engine.pipelines import Pipelines
 from bot.engine.requests import GenerationRequest, Kind, check_inputs, scheduled_steps
-from bot.engine.tracing_turns import model_turn
 from bot.engine.vae import NonFiniteOutput
 from bot.errors import GenerationFailed
 
@@ -41,12 +40,11 @@ def generate(
     count = sum(request.count for request in requests)
     shape = BatchShape(count, first.width, first.height, adapter=pipes.styles.adapter(first.style))
     try:
-        with model_turn():  # never while the compile thread traces (bot.engine.tracing_turns)
-            images = None
-            if pipes.compiled is not None:
-                images = pipes.compiled.serve(shape, lambda twins: render(twins, requests, should_stop))
-            if images is None:
-                images = render(pipes, requests, should_stop)
+        images = None
+        if pipes.compiled is not None:
+            images = pipes.compiled.serve(shape, lambda twins: render(twins, requests, should_stop))
+        if images is None:
+            images = render(pipes, requests, should_stop)
     except torch.cuda.OutOfMemoryError:
         torch.cuda.empty_cache()
         raise GenerationFailed("The GPU ran out of memory on this request. Try a smaller `count`.") from None

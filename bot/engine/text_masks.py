@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
-from bot.engine.tracing_turns import model_turn
 from bot.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
@@ -41,7 +40,7 @@ class TextMasker:
         """The mask of what `phrase` names in `image` (call on the GPU thread)."""
         model, processor = self._loaded()
         inputs = processor(text=[phrase], images=[image], padding="max_length", return_tensors="pt").to(self.device)
-        with torch.no_grad(), model_turn():
+        with torch.no_grad():
             logits = model(**inputs).logits  # (height, width) or (1, height, width), at the model's resolution
         scores = torch.sigmoid(logits.float()).reshape(logits.shape[-2:]).cpu().numpy()
         resized = Image.fromarray((scores * 255).astype(np.uint8)).resize(image.size, Image.Resampling.BILINEAR)
