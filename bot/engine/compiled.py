@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 RECOMPILE_LIMIT = 64
+COMPILE_WORKERS_TIMEOUT = 120  # seconds for inductor's worker processes to start (they import torch)
 RECOMPILE_REFUSED = "fail_on_recompile"  # torch's message names the stance that refused to recompile
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
 
@@ -174,6 +175,7 @@ class CompiledTwins:
         started, graphs_before = time.perf_counter(), compiled_graph_count()
         try:
             with compiler_settings():
+                start_compile_workers(self.pipes.device)
                 for batch in self.warm_up_batches():
                     render(self.pipes, batch)
         except Exception:
@@ -209,6 +211,30 @@ def compiler_settings() -> Iterator[None]:
         torch.fx.experimental._config.patch(use_duck_shape=False),
     ):
         yield
+
+
+def start_compile_workers(device: torch.device) -> None:
+    """Start inductor's compile worker processes and wait until they take jobs, before the first compile.
+
+    Until its workers are up, inductor builds each Triton kernel on the compiling thread itself (pytorch#146417),
+    and Triton holds the GIL through much of a build (triton-lang/triton#2088), so the serving thread can hardly
+    launch a kernel meanwhile. On an H100, while the twins compiled, requests that take 0.5 s took up to 37 s.
+    That the early in-process builds cause it is our reading, not yet measured. Workers build only Triton (GPU)
+    kernels, so a CPU has nothing to wait for."""
+    if device.type != "cuda":
+        return
+    from torch._inductor.async_compile import (
+        AsyncCompile,
+    )  # here: inductor is slow to import, and most runs never compile
+
+    started = time.perf_counter()
+    AsyncCompile.warm_pool()
+    try:
+        AsyncCompile.wait_pool_ready(timeout=COMPILE_WORKERS_TIMEOUT)
+    except Exception as exc:  # whatever stops the workers, compiling on this thread still works
+        log.warning("inductor's compile workers did not start (%r); kernels are built on the compile thread", exc)
+    else:
+        log.info("compile workers ready after %.1f s", time.perf_counter() - started)
 
 
 def compiled_graph_count() -> int:

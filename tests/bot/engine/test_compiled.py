@@ -3,6 +3,8 @@ loaded as a server with styles has it."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -198,3 +200,16 @@ def test_requests_are_served_eager_while_compiling(pipes: Pipelines, buckets, mo
     [[compiled]] = generate(pipes, [request])
     assert twins.batches_served == 1
     assert np.abs(pixels(compiled) - pixels(image)).max() <= 2
+
+
+def test_compile_workers_take_jobs_once_started() -> None:
+    # In a process of its own: the worker pool outlives the call. The device only needs to say "cuda".
+    script = (
+        "import torch\n"
+        "from torch._inductor.async_compile import AsyncCompile\n"
+        "from bot.engine.compiled import start_compile_workers\n"
+        "start_compile_workers(torch.device('cuda'))\n"
+        "assert AsyncCompile.use_process_pool(), 'kernels would still be built on the compiling thread'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
