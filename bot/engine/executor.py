@@ -371,9 +371,9 @@ class Executor(JobQueue):
 
 def default_png_workers() -> int:
     """Half the CPUs, 2 to 8. Pillow encodes without holding the GIL, and a GPU batch of 8 images brings 8 PNGs
-    at once: on an H100 machine's 16 cores a 1024x1024 noise picture took 101 ms per image on 2 threads and
-    29 ms on 8 (bench.knobs), while the GPU made one every 90 ms. The other half serves the GPU thread and the
-    event loop."""
+    at once: on an H100 machine's 16 cores, 1024x1024 noise pictures took 75 ms per image on 2 threads and
+    20 ms on 8 (bench.knobs), while the GPU made one every 78 ms (tiny autoencoder, batch of 8). The other half
+    serves the GPU thread and the event loop."""
     return min(8, max(2, (os.cpu_count() or 2) // 2))
 
 
