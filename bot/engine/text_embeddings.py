@@ -90,6 +90,7 @@ class TextEmbeddingCache:
                 self._entries.popitem(last=False)
 
 
+@torch.no_grad()  # with autograd on, each cached row would keep both encoders' activations alive (GiB per cache)
 def _encode(pipe: StableDiffusionXLPipeline, keys: list[CacheKey], *, with_negative: bool) -> dict[CacheKey, Embedding]:
     prompt, negative, pooled, negative_pooled = pipe.encode_prompt(
         prompt=[key[0] for key in keys],

@@ -91,3 +91,12 @@ def test_negative_embeddings_follow_the_negative_prompt(settings: Settings, tiny
     ours = latents_from(plain.text2img, with_blur, size, guidance=1.5)
     theirs = latents_from(plain.text2img, {"prompt": ["a fox"], "negative_prompt": ["blurry"]}, size, guidance=1.5)
     torch.testing.assert_close(ours, theirs)
+
+
+def test_cached_embeddings_hold_no_autograd_graph(pipes: Pipelines, buckets, fresh_cache: TextEmbeddingCache) -> None:
+    # A graph behind a cached row would keep every activation of both text encoders alive with it: gigabytes
+    # of GPU memory over a full cache at SDXL's sizes.
+    generate(pipes, [check_inputs(Kind.IMAGINE, "a fox", buckets=buckets, steps=1)])
+    [embedding] = fresh_cache._entries.values()
+    for tensor in (embedding.prompt, embedding.pooled):
+        assert tensor.grad_fn is None and not tensor.requires_grad
