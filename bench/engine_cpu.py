@@ -74,11 +74,11 @@ def main() -> None:
     png_seconds = time.perf_counter() - png_start
     rows = [
         ("pipeline called per request + PNG", direct(pipes, requests)),
-        ("executor, batches of 1", asyncio.run(time_stream(run, requests, users=USERS, batch_images=1))),
-        ("executor, batches of up to 4", asyncio.run(time_stream(run, requests, users=USERS, batch_images=4))),
+        ("executor, batches of 1", asyncio.run(time_stream(run, requests, users=USERS, batch_images=1)).seconds),
+        ("executor, batches of up to 4", asyncio.run(time_stream(run, requests, users=USERS, batch_images=4)).seconds),
         (
             "executor, ready images, 1 PNG thread",
-            asyncio.run(time_stream(ready_runner, requests, users=USERS, batch_images=1, png_workers=1)),
+            asyncio.run(time_stream(ready_runner, requests, users=USERS, batch_images=1, png_workers=1)).seconds,
         ),
         ("PNG encoding alone", png_seconds),
     ]

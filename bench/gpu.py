@@ -205,9 +205,10 @@ def measure_ours(bench: Bench, ours: Pipelines, column: str, buckets, requests: 
         for aspect in STREAM_ASPECTS
         for counts in ([1], split_count(batch))
     ]
-    elapsed = asyncio.run(time_stream(run_ours, stream, users=users, batch_images=batch, warm_up=warm_up))
-    bench.record("stream, images/s", column, f"{requests / elapsed:.2f}")
-    bench.record("stream speed-up over plain", column, f"{bench.plain_stream_seconds / elapsed:.2f}x")
+    timing = asyncio.run(time_stream(run_ours, stream, users=users, batch_images=batch, warm_up=warm_up))
+    bench.record("stream, images/s", column, f"{requests / timing.seconds:.2f}")
+    bench.record("stream speed-up over plain", column, f"{bench.plain_stream_seconds / timing.seconds:.2f}x")
+    bench.record("  stream: batches, GPU thread busy", column, f"{timing.batches}, {timing.busy_share:.0%}")
 
 
 def measure_compiled(

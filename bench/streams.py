@@ -8,8 +8,24 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from prometheus_client import Histogram
+
 from bot.engine.executor import BatchRunner, Executor, JobQueue
 from bot.engine.requests import GenerationRequest
+
+
+@dataclass(frozen=True)
+class StreamTiming:
+    """A timed stream: its wall time, and how much of it the GPU thread spent in batches (and how many)."""
+
+    seconds: float
+    busy_seconds: float
+    batches: int
+
+    @property
+    def busy_share(self) -> float:
+        """Of the stream's wall time, the share its batches ran: what is left is time between batches."""
+        return self.busy_seconds / self.seconds
 
 
 async def time_stream(
@@ -20,8 +36,8 @@ async def time_stream(
     batch_images: int,
     png_workers: int | None = None,
     warm_up: Sequence[Sequence[GenerationRequest]] = (),
-) -> float:
-    """Seconds from submitting every request (user `index % users`) until the last result is encoded.
+) -> StreamTiming:
+    """From submitting every request (user `index % users`) until the last result is encoded.
     `warm_up` runs first and off the clock, one batch (a group of requests) at a time, as the bot warms its
     long-lived GPU thread: cuDNN builds its plans per thread and shape, which cost a new thread about a second
     per shape on an H100."""
@@ -37,12 +53,20 @@ async def time_stream(
     executor.start()
     for batch in warm_up:
         await asyncio.gather(*(executor.submit(request, user_id=0).result() for request in batch))
+    batches_before, busy_before = histogram_totals(executor.metrics.generation)
     start = time.perf_counter()
     jobs = [executor.submit(request, user_id=index % users) for index, request in enumerate(requests)]
     await asyncio.gather(*(job.result() for job in jobs))
     elapsed = time.perf_counter() - start
+    batches, busy = histogram_totals(executor.metrics.generation)
     await executor.close()
-    return elapsed
+    return StreamTiming(elapsed, busy - busy_before, int(batches - batches_before))
+
+
+def histogram_totals(histogram: Histogram) -> tuple[float, float]:
+    """(count, sum) of a Prometheus histogram: here batches run, and their seconds."""
+    samples = {sample.name.rsplit("_", 1)[-1]: sample.value for sample in histogram.collect()[0].samples}
+    return samples["count"], samples["sum"]
 
 
 @dataclass(frozen=True)
