@@ -223,9 +223,8 @@ def start_compile_workers(device: torch.device) -> None:
     kernels, so a CPU has nothing to wait for."""
     if device.type != "cuda":
         return
-    from torch._inductor.async_compile import (
-        AsyncCompile,
-    )  # here: inductor is slow to import, and most runs never compile
+    # Imported here: inductor is slow to import, and most runs never compile.
+    from torch._inductor.async_compile import AsyncCompile
 
     started = time.perf_counter()
     AsyncCompile.warm_pool()

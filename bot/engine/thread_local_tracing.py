@@ -5,11 +5,12 @@ replaces `torch.nn.Module.__call__` and `__getattr__` on the class, so for every
 call on another thread at that moment runs into the tracer and fails with "module is not installed as a
 submodule" (pytorch/pytorch#112775); on an H100 that crashed an eager request served while the twins compiled.
 
-Making model calls wait for traces instead (this module's first version) kept them correct but not prompt: a
-single trace of the full VAE decoder lasts many seconds, and on an H100 one request waited 31.6 s behind one.
-Here every method patch a tracer makes applies to the thread that traces, and other threads keep the method
-they had: they run at once, untouched by the trace. The tracer's other patches (functions wrapped with
-`torch.fx.wrap`, `math`) already pass ordinary arguments straight through.
+The first answer made model calls wait for traces. Here nothing waits: every method patch a tracer makes
+applies to the thread that traces, and other threads keep the method they had, untouched by the trace. The
+tracer's other patches (functions wrapped with `torch.fx.wrap`, `math`) already pass ordinary arguments straight
+through. On an H100 the worst request served during the compile took 31.6 s with the waits and 37.2 s without
+them, so the waits were not what stalled it (bot.engine.compiled, `start_compile_workers`), and this way needs
+no turn-taking at every model call.
 """
 
 from __future__ import annotations
