@@ -39,10 +39,10 @@ SHUTDOWN_GRACE = 30.0  # seconds for the running batch and deliveries to finish 
 
 
 @runtime_checkable
-class Drainable(Protocol):
-    """A cog with work in flight (deliveries) that should finish before the connection closes."""
+class Resumable(Protocol):
+    """A cog that runs again the work the last process left unfinished."""
 
-    async def drain(self, timeout: float) -> None: ...
+    async def resume_unfinished(self) -> None: ...
 
 
 class LcmBot(commands.AutoShardedBot):
@@ -94,6 +94,17 @@ class LcmBot(commands.AutoShardedBot):
             synced = await self.tree.sync(guild=guild)
             log.info("synced %d commands to development guild %s", len(synced), guild.id)
 
+    async def serve(self) -> None:
+        """Run again what the last process left unfinished, then connect to the gateway (until closed).
+
+        In that order, so that the unfinished jobs are read before any interaction can arrive. Read on `on_ready`
+        instead, they included jobs that had arrived since connecting (discord.py dispatches interactions
+        before `on_ready`): each of those then ran twice."""
+        for cog in self.cogs.values():
+            if isinstance(cog, Resumable):
+                await cog.resume_unfinished()
+        await self.connect()
+
     async def close(self) -> None:
         """Finish the running batch and let finished jobs be delivered before the connection goes away."""
         if self._engine is not None:
@@ -137,7 +148,7 @@ async def _serve_with(settings: Settings, database: Database) -> int:
             loop = asyncio.get_running_loop()
             for stop_signal in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(stop_signal, lambda: asyncio.ensure_future(bot.close()))
-            await bot.connect()
+            await bot.serve()
     return 0
 
 

@@ -62,8 +62,8 @@ class GenerateCog(commands.Cog):
         """Wait for generations in flight to be delivered (or reported), e.g. at shutdown."""
         await self.flow.drain(timeout)
 
-    @commands.Cog.listener()
-    async def on_ready(self) -> None:
+    async def resume_unfinished(self) -> None:
+        """Called by the bot before it connects (`LcmBot.serve`)."""
         await self.flow.resume_unfinished()
 
     # -- commands --------------------------------------------------------------------------------------------

@@ -86,7 +86,11 @@ class ReplyTarget:
         return time.time() < self.created_at + TOKEN_LIFETIME
 
     def _webhook(self) -> discord.Webhook:
-        return discord.Webhook.partial(self.application_id, self.token, client=self.client)
+        """The interaction's followup webhook, as `Interaction.followup` makes it. An application webhook (type 3):
+        only those may send ephemeral messages, and `Webhook.partial` makes an incoming one, with which
+        discord.py refused to tell a resumed job's requester that it failed."""
+        data = {"id": self.application_id, "type": 3, "token": self.token}
+        return discord.Webhook.from_state(data, self.client._connection)  # type: ignore[arg-type]
 
     async def edit(self, **message: Any) -> None:
         if self.interaction is not None:

@@ -67,7 +67,6 @@ class JobFlow:
     def __init__(self, bot: LcmBot) -> None:
         self.bot = bot
         self._flows: set[asyncio.Task] = set()
-        self._resumed = False
 
     async def drain(self, timeout: float) -> None:
         """Wait for generations in flight to be delivered (or reported), e.g. at shutdown."""
@@ -292,10 +291,8 @@ class JobFlow:
     # -- after a restart -------------------------------------------------------------------------------------
 
     async def resume_unfinished(self) -> None:
-        """Run again, once per process, the jobs that were queued or running when the last one stopped."""
-        if self._resumed:
-            return
-        self._resumed = True
+        """Run again the jobs that were queued or running when the last process stopped. Call it before any
+        interaction can arrive (`LcmBot.serve`): every job recorded by then is one the last process left."""
         for pending in await self.bot.pending.unfinished():
             task = asyncio.create_task(self._resume(pending), name=f"resume-{pending.request_id}")
             self._flows.add(task)

@@ -13,6 +13,7 @@ from bot.__main__ import main
 from bot.app import LcmBot, run_bot
 from bot.settings import Settings
 from tests.fakediscord import FakeDiscord, FakeInteraction
+from tests.fakediscord.fixtures import make_engine
 from tests.support.runners import RecordingRunner
 
 COMMANDS = {"imagine", "remix", "inpaint", "history", "queue", "stats", "settings", "prompts", "styles"}
@@ -88,3 +89,45 @@ async def test_graceful_restart_finishes_the_running_job_and_keeps_the_queued_on
     assert all("this request is saved" in interaction.original.content for interaction in interactions[1:])
     await start_bot()
     await fake.wait_for(lambda: [results(interaction) for interaction in interactions] == [1, 1, 1])
+
+
+async def test_a_job_that_arrives_before_ready_runs_once(fake: FakeDiscord, settings, database, pipes) -> None:
+    # discord.py dispatches interactions before `on_ready`; a job recorded then is not one to resume.
+    runner = RecordingRunner(pipes)
+    runner.gate.clear()  # the GPU is busy until the bot is ready
+    bot_settings = settings.model_copy(update={"dev_guild_id": fake.guild_id, "discord_token": SecretStr("t")})
+    bot = LcmBot(bot_settings, database, make_engine(pipes, bot_settings, runner))
+    await bot.login("fake-token")
+    fake.identified.clear()
+    serving = asyncio.create_task(bot.serve())
+    try:
+        await asyncio.wait_for(fake.identified.wait(), 30)
+        early = await fake.run_command(fake.add_user("early"), "imagine", {"prompt": "early bird"})
+        await fake.wait_for(lambda: early.original is not None and early.original.content)  # recorded and queued
+        await asyncio.wait_for(bot.wait_until_ready(), 30)
+        runner.gate.set()
+        await fake.wait_for(lambda: any(message.attachments for message in early.messages()))
+        await fake.wait_for(lambda: bot.engine.executor.queue_depth == 0 and not runner.waiting.is_set())
+        assert runner.prompts == ["early bird"]
+    finally:
+        await bot.close()
+        await asyncio.wait_for(serving, 30)
+
+
+async def test_a_resumed_job_that_fails_tells_its_requester(fake: FakeDiscord, start_bot, pipes) -> None:
+    runner = RecordingRunner(pipes)
+    runner.gate.clear()
+    bot: LcmBot = await start_bot(runner=runner, max_batch_images=1)
+    user = fake.add_user("unlucky")
+    interactions = [await fake.run_command(user, "imagine", {"prompt": prompt}) for prompt in ("fine", "boom")]
+    await fake.wait_for(lambda: all(i.original is not None and i.original.content for i in interactions))
+    closing = asyncio.create_task(bot.close())  # SIGTERM: "boom" stays queued, saved for the next start
+    await asyncio.sleep(0.2)
+    runner.gate.set()
+    await closing
+
+    await start_bot(runner=RecordingRunner(pipes))  # "boom" fails there, like a model failure
+    doomed = interactions[1]
+    await fake.wait_for(lambda: any(message.ephemeral for message in doomed.messages()))
+    [told] = [message for message in doomed.messages() if message.ephemeral]
+    assert "Something went wrong" in told.content

@@ -51,7 +51,7 @@ async def connect_bot(
     bot = LcmBot(settings, database, engine)
     await bot.login("fake-token")
     fake.identified.clear()
-    task = asyncio.create_task(bot.connect())
+    task = asyncio.create_task(bot.serve())
     await asyncio.wait_for(bot.wait_until_ready(), 30)
     return bot, task
 
