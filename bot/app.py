@@ -39,6 +39,14 @@ SHUTDOWN_GRACE = 30.0  # seconds for the running batch and deliveries to finish 
 
 
 @runtime_checkable
+class Drainable(Protocol):
+    """A cog with work in flight (generations, deliveries) that should finish before the connection closes:
+    its own jobs and the ones it resumed at start, which no interaction's task covers."""
+
+    async def drain(self, timeout: float) -> None: ...
+
+
+@runtime_checkable
 class Resumable(Protocol):
     """A cog that runs again the work the last process left unfinished."""
 
@@ -114,8 +122,10 @@ class LcmBot(commands.AutoShardedBot):
                 for task in asyncio.all_tasks()
                 if task.get_name().startswith("discord-ui") or task.get_name().startswith("CommandTree")
             ]
+            waits = [cog.drain(SHUTDOWN_GRACE) for cog in self.cogs.values() if isinstance(cog, Drainable)]
             if pending:
-                await asyncio.wait(pending, timeout=SHUTDOWN_GRACE)
+                waits.append(asyncio.wait(pending, timeout=SHUTDOWN_GRACE))
+            await asyncio.gather(*waits)
         await super().close()
 
 

@@ -131,3 +131,26 @@ async def test_a_resumed_job_that_fails_tells_its_requester(fake: FakeDiscord, s
     await fake.wait_for(lambda: any(message.ephemeral for message in doomed.messages()))
     [told] = [message for message in doomed.messages() if message.ephemeral]
     assert "Something went wrong" in told.content
+
+
+async def test_a_graceful_restart_delivers_a_resumed_job_it_was_running(fake: FakeDiscord, start_bot, pipes) -> None:
+    held = RecordingRunner(pipes)
+    held.gate.clear()
+    bot: LcmBot = await start_bot(runner=held, max_batch_images=1)
+    users = [fake.add_user(f"waiting{index}") for index in range(2)]
+    interactions = [await fake.run_command(user, "imagine", {"prompt": f"saved {n}"}) for n, user in enumerate(users)]
+    await fake.wait_for(lambda: all(i.original is not None and i.original.content for i in interactions))
+    closing = asyncio.create_task(bot.close())  # the first job finishes; the second is saved for the next start
+    await asyncio.sleep(0.2)
+    held.gate.set()
+    await closing
+
+    resuming = RecordingRunner(pipes)
+    resuming.gate.clear()
+    restarted: LcmBot = await start_bot(runner=resuming, max_batch_images=1)
+    await asyncio.wait_for(asyncio.to_thread(resuming.waiting.wait, 30), 35)  # the resumed job is on the GPU
+    closing = asyncio.create_task(restarted.close())
+    await asyncio.sleep(0.2)
+    resuming.gate.set()
+    await closing
+    assert any(message.attachments for message in interactions[1].messages())  # delivered before the close ended
