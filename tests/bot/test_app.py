@@ -68,19 +68,33 @@ async def test_a_broken_cog_is_logged_and_the_rest_still_loads(
     assert bot.get_cog("GenerateCog") is not None
 
 
-async def test_graceful_restart_finishes_the_running_job_and_keeps_the_queued_ones(
-    fake: FakeDiscord, start_bot, pipes
-) -> None:
-    runner = RecordingRunner(pipes)
-    runner.gate.clear()
-    bot: LcmBot = await start_bot(runner=runner, max_batch_images=1)
-    users = [fake.add_user(f"user{index}") for index in range(3)]
-    interactions = [await fake.run_command(user, "imagine", {"prompt": f"job {n}"}) for n, user in enumerate(users)]
-    await fake.wait_for(lambda: all(i.original is not None and i.original.content for i in interactions))
-    closing = asyncio.create_task(bot.close())  # SIGTERM does exactly this
+async def close_while_running(bot: LcmBot, runner: RecordingRunner) -> None:
+    """Close `bot` (SIGTERM does exactly this) while `runner` holds its GPU, then let the running batch end."""
+    closing = asyncio.create_task(bot.close())
     await asyncio.sleep(0.2)
     runner.gate.set()
     await closing
+
+
+async def stop_with_jobs_saved(fake: FakeDiscord, start_bot, pipes, prompts: list[str]) -> list[FakeInteraction]:
+    """Send `prompts` (one user each) to a bot whose GPU is held, then stop it gracefully: the first job is
+    delivered and the others stay saved for the next start."""
+    runner = RecordingRunner(pipes)
+    runner.gate.clear()
+    bot: LcmBot = await start_bot(runner=runner, max_batch_images=1)
+    interactions = [
+        await fake.run_command(fake.add_user(f"user{index}"), "imagine", {"prompt": prompt})
+        for index, prompt in enumerate(prompts)
+    ]
+    await fake.wait_for(lambda: all(i.original is not None and i.original.content for i in interactions))
+    await close_while_running(bot, runner)
+    return interactions
+
+
+async def test_graceful_restart_finishes_the_running_job_and_keeps_the_queued_ones(
+    fake: FakeDiscord, start_bot, pipes
+) -> None:
+    interactions = await stop_with_jobs_saved(fake, start_bot, pipes, ["job 0", "job 1", "job 2"])
 
     def results(interaction: FakeInteraction) -> int:
         return sum(1 for message in interaction.messages() if message.attachments)
@@ -115,16 +129,7 @@ async def test_a_job_that_arrives_before_ready_runs_once(fake: FakeDiscord, sett
 
 
 async def test_a_resumed_job_that_fails_tells_its_requester(fake: FakeDiscord, start_bot, pipes) -> None:
-    runner = RecordingRunner(pipes)
-    runner.gate.clear()
-    bot: LcmBot = await start_bot(runner=runner, max_batch_images=1)
-    user = fake.add_user("unlucky")
-    interactions = [await fake.run_command(user, "imagine", {"prompt": prompt}) for prompt in ("fine", "boom")]
-    await fake.wait_for(lambda: all(i.original is not None and i.original.content for i in interactions))
-    closing = asyncio.create_task(bot.close())  # SIGTERM: "boom" stays queued, saved for the next start
-    await asyncio.sleep(0.2)
-    runner.gate.set()
-    await closing
+    interactions = await stop_with_jobs_saved(fake, start_bot, pipes, ["fine", "boom"])
 
     await start_bot(runner=RecordingRunner(pipes))  # "boom" fails there, like a model failure
     doomed = interactions[1]
@@ -134,23 +139,11 @@ async def test_a_resumed_job_that_fails_tells_its_requester(fake: FakeDiscord, s
 
 
 async def test_a_graceful_restart_delivers_a_resumed_job_it_was_running(fake: FakeDiscord, start_bot, pipes) -> None:
-    held = RecordingRunner(pipes)
-    held.gate.clear()
-    bot: LcmBot = await start_bot(runner=held, max_batch_images=1)
-    users = [fake.add_user(f"waiting{index}") for index in range(2)]
-    interactions = [await fake.run_command(user, "imagine", {"prompt": f"saved {n}"}) for n, user in enumerate(users)]
-    await fake.wait_for(lambda: all(i.original is not None and i.original.content for i in interactions))
-    closing = asyncio.create_task(bot.close())  # the first job finishes; the second is saved for the next start
-    await asyncio.sleep(0.2)
-    held.gate.set()
-    await closing
+    interactions = await stop_with_jobs_saved(fake, start_bot, pipes, ["saved 0", "saved 1"])
 
     resuming = RecordingRunner(pipes)
     resuming.gate.clear()
     restarted: LcmBot = await start_bot(runner=resuming, max_batch_images=1)
     await asyncio.wait_for(asyncio.to_thread(resuming.waiting.wait, 30), 35)  # the resumed job is on the GPU
-    closing = asyncio.create_task(restarted.close())
-    await asyncio.sleep(0.2)
-    resuming.gate.set()
-    await closing
+    await close_while_running(restarted, resuming)
     assert any(message.attachments for message in interactions[1].messages())  # delivered before the close ended
