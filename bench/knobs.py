@@ -8,8 +8,8 @@ algorithm search, fused attention projections, and how many threads encode PNGs.
 Each row adds one switch to the row before, on the same modules in one process: one UNet forward at batch 1 and
 at batch 8 (float16), the VAE decode at batch 1 and at the decode chunk (its serving dtype), the tiny autoencoder
 at batch 8. A row's `max diff` is its largest difference from the first row's output: a switch must not change
-the pictures beyond rounding. Then PNG encoding per image on 1 to 8 threads, with zlib's default strategy and
-with run-length matching, of a noise image (what random weights make; the worst case), a photo-like one and a
+the pictures beyond rounding. Then PNG encoding per image on 1 to 8 threads, as Pillow did it before and as
+`encode_png` does it now, of a noise image (what random weights make; the worst case), a photo-like one and a
 smooth one.
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import io
 import tempfile
 import time
 import zlib
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import AutoencoderKL, AutoencoderTiny, UNet2DConditionModel
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from bench.gpu import DEFAULT_CONFIGS, Bench
 from bot.engine.images import encode_png
@@ -97,8 +98,19 @@ def decoder_inputs(decoder: AutoencoderKL | AutoencoderTiny, side: int, batch: i
     return lambda: decoder.decode(latents).sample
 
 
+def pillow_png(picture: Image.Image, parameters: dict[str, object]) -> bytes:
+    """How PNGs were encoded before `encode_png` used libpng: Pillow, zlib level 3 with run-length matching,
+    and Pillow's choice of row filter (it tries all five on every row)."""
+    info = PngImagePlugin.PngInfo()
+    for key, value in parameters.items():
+        info.add_itxt(key, str(value))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG", pnginfo=info, compress_level=3, compress_type=zlib.Z_RLE)
+    return buffer.getvalue()
+
+
 def png_rows(side: int, image_count: int) -> None:
-    """Per image, on 1 to 8 threads, with zlib's default strategy and with the one we serve."""
+    """Per image, on 1 to 8 threads, the way Pillow encoded and the way `encode_png` encodes now."""
     rng = np.random.default_rng(0)
     ramp = np.linspace(0, 255, side)
     x, y = np.meshgrid(ramp, ramp)
@@ -111,16 +123,16 @@ def png_rows(side: int, image_count: int) -> None:
     }
     for name, pixels in pictures.items():
         picture = Image.fromarray(pixels)
-        for strategy_name, strategy in (("zlib default", zlib.Z_DEFAULT_STRATEGY), ("run-length", zlib.Z_RLE)):
-            encode = functools.partial(encode_png, parameters=PNG_PARAMETERS, strategy=strategy)
+        for encoder_name, encoder in (("Pillow (before)", pillow_png), ("libpng (served)", encode_png)):
+            encode = functools.partial(encoder, parameters=PNG_PARAMETERS)
             size = len(encode(picture))
             cells = []
             for workers in (1, 2, 4, 8):
                 # Copies: Pillow keeps per-image save options that concurrent saves of one image overwrite.
                 seconds = encode_seconds(encode, [picture.copy() for _ in range(image_count)], workers)
                 cells.append(f"{workers} threads {seconds * 1000 / image_count:6.1f} ms/img")
-            label = f"PNG {name}, {strategy_name}"
-            print(f"| {label:<30} | {size / 2**20:5.2f} MiB | " + " | ".join(cells), flush=True)
+            label = f"PNG {name}, {encoder_name}"
+            print(f"| {label:<32} | {size / 2**20:5.2f} MiB | " + " | ".join(cells), flush=True)
 
 
 def encode_seconds(encode: Callable[[Image.Image], bytes], pictures: list[Image.Image], workers: int) -> float:

@@ -154,8 +154,17 @@ def test_png_carries_its_parameters() -> None:
         assert "seed: 7" in reopened.text["parameters"]
 
 
-def test_png_keeps_every_pixel() -> None:
-    pixels = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
-    png = encode_png(Image.fromarray(pixels), {"seed": 1})
+def test_png_parameters_come_before_the_pixels() -> None:
+    png = encode_png(Image.new("RGB", (64, 64)), {"prompt": "a fox"})
     with Image.open(io.BytesIO(png)) as reopened:
-        assert np.array_equal(np.asarray(reopened.convert("RGB")), pixels)
+        assert reopened.info["prompt"] == "a fox"  # what Pillow read before the first pixel chunk
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])  # generated images, and the masks saved with inpaint jobs
+def test_png_keeps_every_pixel(mode: str) -> None:
+    channels = {"RGB": (3,), "L": ()}[mode]
+    pixels = np.random.default_rng(0).integers(0, 256, (96, 128, *channels), dtype=np.uint8)
+    png = encode_png(Image.fromarray(pixels, mode), {"seed": 1})
+    with Image.open(io.BytesIO(png)) as reopened:
+        assert reopened.mode == mode
+        assert np.array_equal(np.asarray(reopened), pixels)
