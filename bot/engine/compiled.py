@@ -19,6 +19,8 @@ serves seven aspect buckets at every batch size. These choices keep that cost aw
   a batch that would still need compiling falls back to eager (and its shape stays eager) rather than stall.
 - The compile thread's torch.fx traces patch modules for that thread alone (bot.engine.thread_local_tracing):
   a trace would otherwise break a model call made beside it.
+- While the twins compile, threads hand the GIL over every 0.1 ms instead of every 5 ms (`quick_gil_handoffs`):
+  the eager models' requests would otherwise crawl beside the compiler's Python.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import contextlib
 import copy
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -47,6 +50,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 RECOMPILE_LIMIT = 64
 COMPILE_WORKERS_TIMEOUT = 120  # seconds for inductor's worker processes to start (they import torch)
+COMPILE_SWITCH_INTERVAL = 0.0001  # seconds; see `quick_gil_handoffs`
 RECOMPILE_REFUSED = "fail_on_recompile"  # torch's message names the stance that refused to recompile
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
 
@@ -174,7 +178,7 @@ class CompiledTwins:
     def _compile(self, render: Callable[[Pipelines, list[GenerationRequest]], object]) -> None:
         started, graphs_before = time.perf_counter(), compiled_graph_count()
         try:
-            with compiler_settings():
+            with compiler_settings(), quick_gil_handoffs():
                 start_compile_workers(self.pipes.device)
                 for batch in self.warm_up_batches():
                     render(self.pipes, batch)
@@ -213,14 +217,31 @@ def compiler_settings() -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def quick_gil_handoffs(interval: float = COMPILE_SWITCH_INTERVAL) -> Iterator[None]:
+    """Make threads hand the GIL over every `interval` seconds (Python's default is 5 ms) until the block ends.
+
+    Every eager torch op lets go of the GIL, and a thread that wants it back waits for the holder's switch
+    interval to end. Beside the compiler, which runs Python for seconds on end, each op of a request then costs
+    up to 5 ms instead of microseconds, and an eager UNet forward is thousands of ops: on an H100 a 0.5 s request
+    took up to 37 s while the twins compiled. On the CPU (`bench.compile_stall`), a forward of the tiny UNet
+    that takes 21 ms alone took 2.9 s (median) beside a compiler at 5 ms, and 0.25 s at 0.1 ms, with no
+    measurable cost to the compiler. The setting is process-wide, so it ends with the compile."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(min(before, interval))
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
+
+
 def start_compile_workers(device: torch.device) -> None:
     """Start inductor's compile worker processes and wait until they take jobs, before the first compile.
 
     Until its workers are up, inductor builds each Triton kernel on the compiling thread itself (pytorch#146417),
     and Triton holds the GIL through much of a build (triton-lang/triton#2088), so the serving thread can hardly
-    launch a kernel meanwhile. On an H100, while the twins compiled, requests that take 0.5 s took up to 37 s.
-    That the early in-process builds cause it is our reading, not yet measured. Workers build only Triton (GPU)
-    kernels, so a CPU has nothing to wait for."""
+    launch a kernel meanwhile (on top of the wait `quick_gil_handoffs` shortens). Not yet measured on a GPU.
+    Workers build only Triton (GPU) kernels, so a CPU has nothing to wait for."""
     if device.type != "cuda":
         return
     # Imported here: inductor is slow to import, and most runs never compile.

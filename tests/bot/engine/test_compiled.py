@@ -15,7 +15,13 @@ import torch
 from PIL import Image
 
 from bot.engine.adapters import StyleAdapters, is_adapter_weight
-from bot.engine.compiled import CompiledTwins, compiled_graph_count, weight_sharing_twin
+from bot.engine.compiled import (
+    COMPILE_SWITCH_INTERVAL,
+    CompiledTwins,
+    compiled_graph_count,
+    quick_gil_handoffs,
+    weight_sharing_twin,
+)
 from bot.engine.generation import generate, render
 from bot.engine.pipelines import Pipelines, load_pipelines
 from bot.engine.requests import Kind, check_inputs
@@ -182,8 +188,11 @@ def test_a_tiny_autoencoder_is_what_the_twins_compile_and_decode_with(
 
 def test_requests_are_served_eager_while_compiling(pipes: Pipelines, buckets, monkeypatch) -> None:
     gate = threading.Event()
+    intervals_while_compiling = []
+    interval_before = sys.getswitchinterval()
 
     def held_render(twin_pipes: Pipelines, batch) -> object:
+        intervals_while_compiling.append(sys.getswitchinterval())
         gate.wait(timeout=60)
         return render(twin_pipes, batch)
 
@@ -197,9 +206,22 @@ def test_requests_are_served_eager_while_compiling(pipes: Pipelines, buckets, mo
     finally:
         gate.set()
     assert twins.wait(timeout=900)
+    # The request above got the GIL back quickly:
+    assert intervals_while_compiling == [pytest.approx(COMPILE_SWITCH_INTERVAL)] * len(twins.warm_up_batches())
+    assert sys.getswitchinterval() == interval_before
     [[compiled]] = generate(pipes, [request])
     assert twins.batches_served == 1
     assert np.abs(pixels(compiled) - pixels(image)).max() <= 2
+
+
+def test_quick_gil_handoffs_end_with_the_block_and_never_slow_down() -> None:
+    before = sys.getswitchinterval()
+    with pytest.raises(KeyError), quick_gil_handoffs(before / 10):
+        assert sys.getswitchinterval() == pytest.approx(before / 10)
+        raise KeyError("the compile failed")
+    assert sys.getswitchinterval() == before
+    with quick_gil_handoffs(before * 10):
+        assert sys.getswitchinterval() == before  # a shorter interval set elsewhere stays
 
 
 def test_compile_workers_take_jobs_once_started() -> None:
