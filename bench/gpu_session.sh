@@ -4,14 +4,15 @@
 #   diagnose: bench.gpu_probe (where one request's time and memory go, ours against plain diffusers, at 1 and
 #             8 images), then bench.decoders (the VAE against the tiny autoencoder at 1024x1024, batches 1 and 8);
 #   compile:  bench.gpu --compile-only (the twins' cold compile, and eager requests served meanwhile);
-#   knobs:    bench.knobs (channels last, cuDNN's algorithm search, fused QKV, PNG threads), alone;
+#   knobs:    bench.knobs (CUDA graphs, channels last, cuDNN's algorithm search, fused QKV, PNG encoders), alone;
 #   table:    bench.knobs' PNG rows (this machine's CPU), then bench.gpu, the issue's table (plain, executor,
 #             tiny VAE, compiled, restarts, tiny+compiled), within BUDGET s.
 # Each step has its own time limit, so one that hangs costs only its share.
 #
 #   bench/gpu_session.sh [MODEL_CONFIGS_DIR] [diagnose|knobs|compile|table|all] [BUDGET]
 #
-# On a machine without diffusers, put its wheel (and pydantic-settings') in `.whl/` beside the checkout first.
+# On a machine without diffusers, put its wheel (and those of imagecodecs and pydantic-settings) in `.whl/`
+# beside the checkout first.
 set -u
 cd "$(dirname "$0")/.."
 configs=${1:-../shared/model-configs/ssd-1b}

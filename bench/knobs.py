@@ -1,5 +1,5 @@
 """Cheap switches side by side, before any of them goes into the engine: memory layout (channels last), cuDNN's
-algorithm search, fused attention projections, and how many threads encode PNGs.
+algorithm search, fused attention projections, CUDA graphs, and PNG encoders on 1 to 8 threads.
 
     python -m bench.knobs --device cuda [--configs DIR]    # full size, 1024x1024, random weights
     python -m bench.knobs --tiny                           # smoke run on the CPU
@@ -7,8 +7,9 @@ algorithm search, fused attention projections, and how many threads encode PNGs.
 
 Each row adds one switch to the row before, on the same modules in one process: one UNet forward at batch 1 and
 at batch 8 (float16), the VAE decode at batch 1 and at the decode chunk (its serving dtype), the tiny autoencoder
-at batch 8. A row's `max diff` is its largest difference from the first row's output: a switch must not change
-the pictures beyond rounding. Then PNG encoding per image on 1 to 8 threads, as Pillow did it before and as
+at batch 8. On a GPU, the second row replays the first row's calls from CUDA graphs (and adds nothing to the
+rows after it). A row's `max diff` is its largest difference from the first row's output: a switch must not
+change the pictures beyond rounding. Then PNG encoding per image on 1 to 8 threads, as Pillow did it before and as
 `encode_png` does it now, of a noise image (what random weights make; the worst case), a photo-like one and a
 smooth one.
 """
@@ -52,23 +53,54 @@ def fused_projections(module: torch.nn.Module) -> None:
     module.fuse_qkv_projections()
 
 
+def cuda_graphed(run: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+    """`run`, on its fixed inputs, captured once as a CUDA graph. A replay launches all its kernels at once, where
+    eager Python launches them one by one: what a forward at batch 1 mostly waits on."""
+    side_stream = torch.cuda.Stream()
+    side_stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side_stream):
+        for _ in range(3):  # cuBLAS and cuDNN set up their workspaces and plans outside the capture
+            run()
+    torch.cuda.current_stream().wait_stream(side_stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        output = run()
+
+    def replay() -> torch.Tensor:
+        graph.replay()
+        return output
+
+    return replay
+
+
 def compare(
     bench: Bench, name: str, module: torch.nn.Module, switches: dict[str, Switch], inputs: dict[int, Callable]
 ) -> None:
-    """Apply `switches` one after another to `module`, timing `inputs[batch]()` after each."""
+    """Apply `switches` one after another to `module`, timing `inputs[batch]()` after each. On a GPU, the calls
+    as loaded are also timed replayed from CUDA graphs."""
     torch.backends.cudnn.benchmark = False
     reference: dict[int, torch.Tensor] = {}
-    for label, switch in {"as loaded": lambda module: None, **switches}.items():
-        switch(module)
+
+    def row(label: str, runs: dict[int, Callable[[], torch.Tensor]]) -> None:
         cells = []
-        for batch, run in inputs.items():
+        for batch, run in runs.items():
             with torch.no_grad():
                 output = run()  # warm-up (and cuDNN's search, when on)
                 seconds = bench.seconds(run, repeats=3)
-            reference.setdefault(batch, output)
+            reference.setdefault(batch, output.clone())
             diff = (output.float() - reference[batch].float()).abs().max().item()
             cells.append(f"b{batch} {seconds * 1000:8.1f} ms ({seconds * 1000 / batch:6.1f}/img, max diff {diff:.3g})")
         print(f"| {name:<16} | {label:<22} | " + " | ".join(cells), flush=True)
+
+    row("as loaded", inputs)
+    if bench.device.type == "cuda":
+        with torch.no_grad():
+            graphs = {batch: cuda_graphed(run) for batch, run in inputs.items()}
+        row("as loaded, CUDA graph", graphs)
+        del graphs  # their memory pools
+    for label, switch in switches.items():
+        switch(module)
+        row(label, inputs)
     torch.backends.cudnn.benchmark = False
 
 
