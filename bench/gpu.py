@@ -265,8 +265,11 @@ def measure_restart(bench: Bench, model_dir: Path, resolution: int, device: str,
         str(model_dir / "unet"), "--resolution", str(resolution), "--compile", compile_setting,
         "--device", device, "--compile-timeout", str(max(10, bench.left() - 40)),
     ]  # fmt: skip
+    env = dict(os.environ)
+    if "TORCH_LOGS_OUT" in env:  # the fresh process logs to a file of its own, beside this process's log
+        env["TORCH_LOGS_OUT"] = f"{env['TORCH_LOGS_OUT']}.{label.replace(' ', '-').replace(',', '')}"
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=max(30, bench.left() - 10))
+        done = subprocess.run(command, capture_output=True, text=True, timeout=max(30, bench.left() - 10), env=env)
     except subprocess.TimeoutExpired:
         print(f"{label}: did not finish in the budget", flush=True)
         return

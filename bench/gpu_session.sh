@@ -7,7 +7,9 @@
 #   knobs:    bench.knobs (CUDA graphs, channels last, cuDNN's algorithm search, fused QKV, PNG encoders), alone;
 #   table:    bench.knobs' PNG rows (this machine's CPU), then bench.gpu, the issue's table (plain, executor,
 #             tiny VAE, compiled, restarts, tiny+compiled), within BUDGET s.
-# Each step has its own time limit, so one that hangs costs only its share.
+# Each step has its own time limit, so one that hangs costs only its share. With CACHE_KEY_LOG=FILE, torch logs
+# how it keys its compile caches (AOTAutograd's and inductor's, component by component) to FILE, and a restart's
+# fresh process to FILE.restart-compile-cache-warm: a diff of the two shows what makes a restart miss the cache.
 #
 #   bench/gpu_session.sh [MODEL_CONFIGS_DIR] [diagnose|knobs|compile|table|all] [BUDGET]
 #
@@ -22,6 +24,11 @@ python=${PYTHON:-python3}
 if [ -d .whl ]; then
     "$python" -m pip install -q --no-index --no-deps --no-compile --target /tmp/lcm-bot-site .whl/*.whl
     export PYTHONPATH="/tmp/lcm-bot-site:$PWD"
+fi
+if [ -n "${CACHE_KEY_LOG:-}" ]; then
+    export TORCH_LOGS="+torch._functorch._aot_autograd.autograd_cache,+torch._inductor.codecache"
+    export TORCH_LOGS_OUT="$CACHE_KEY_LOG"
+    exec 2>>"$CACHE_KEY_LOG.stderr" # torch writes those logs to standard error as well
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
