@@ -224,9 +224,10 @@ def quick_gil_handoffs(interval: float = COMPILE_SWITCH_INTERVAL) -> Iterator[No
     Every eager torch op lets go of the GIL, and a thread that wants it back waits for the holder's switch
     interval to end. Beside the compiler, which runs Python for seconds on end, each op of a request then costs
     up to 5 ms instead of microseconds, and an eager UNet forward is thousands of ops: on an H100 a 0.5 s request
-    took up to 37 s while the twins compiled. On the CPU (`bench.compile_stall`), a forward of the tiny UNet
-    that takes 21 ms alone took 2.9 s (median) beside a compiler at 5 ms, and 0.25 s at 0.1 ms, with no
-    measurable cost to the compiler. The setting is process-wide, so it ends with the compile."""
+    took up to 37 s while the twins compiled. On the CPU (`bench.compile_stall`, three runs), a forward of the
+    tiny UNet that takes 21 to 31 ms alone took 1.2 to 2.9 s (median) beside a compiler at 5 ms, and 0.19 to
+    0.27 s at 0.1 ms; the compiler was no slower. At 0.02 ms the worst case was no better and a compile took
+    longer. The setting is process-wide, so it ends with the compile."""
     before = sys.getswitchinterval()
     sys.setswitchinterval(min(before, interval))
     try:
