@@ -73,6 +73,24 @@ def cuda_graphed(run: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
     return replay
 
 
+def graphed_rows(name: str, inputs: dict[int, Callable], row: Callable[[str, dict[int, Callable]], None]) -> None:
+    """`row` for `inputs` replayed from CUDA graphs, and the memory each capture reserved (its warm-up included).
+    A call that cannot be captured is said, and the other rows still run."""
+    graphs, reserved = {}, []
+    try:
+        for batch, run in inputs.items():
+            torch.cuda.synchronize()
+            before = torch.cuda.memory_reserved()
+            with torch.no_grad():
+                graphs[batch] = cuda_graphed(run)
+            reserved.append(f"b{batch} {(torch.cuda.memory_reserved() - before) / 2**30:.2f} GiB")
+    except Exception as exc:
+        print(f"| {name:<16} | CUDA graph capture failed: {exc!r}", flush=True)
+        return
+    row("as loaded, CUDA graph", graphs)
+    print(f"| {name:<16} | {'reserved by captures':<22} | " + " | ".join(reserved), flush=True)
+
+
 def compare(
     bench: Bench, name: str, module: torch.nn.Module, switches: dict[str, Switch], inputs: dict[int, Callable]
 ) -> None:
@@ -94,10 +112,7 @@ def compare(
 
     row("as loaded", inputs)
     if bench.device.type == "cuda":
-        with torch.no_grad():
-            graphs = {batch: cuda_graphed(run) for batch, run in inputs.items()}
-        row("as loaded, CUDA graph", graphs)
-        del graphs  # their memory pools
+        graphed_rows(name, inputs, row)
     for label, switch in switches.items():
         switch(module)
         row(label, inputs)
