@@ -48,6 +48,10 @@ class StyleAdapters:
             except Exception as exc:  # a missing file, a hub id offline, a LoRA for another model
                 log.error("style %s is disabled: its LoRA %s cannot be loaded (%s)", style.name, style.lora, exc)
                 broken.add(style.name)
+        # peft adds its layers in training mode. A LoRA saved with its training configuration brings dropout
+        # layers, which would then drop at random: one seed would give a different picture each time.
+        for model in _models(pipe):
+            model.eval()
         return cls(pipe, book.without(broken))
 
     @property
@@ -91,8 +95,11 @@ def is_adapter_weight(name: str) -> bool:
 
 def adapter_layers(pipe: StableDiffusionXLPipeline) -> list[BaseTunerLayer]:
     """The layers peft put adapters into, in the UNet and the text encoders."""
-    models = [component for component in pipe.components.values() if isinstance(component, torch.nn.Module)]
-    return [module for model in models for module in model.modules() if isinstance(module, BaseTunerLayer)]
+    return [module for model in _models(pipe) for module in model.modules() if isinstance(module, BaseTunerLayer)]
+
+
+def _models(pipe: StableDiffusionXLPipeline) -> list[torch.nn.Module]:
+    return [component for component in pipe.components.values() if isinstance(component, torch.nn.Module)]
 
 
 def _looks_like_a_path(source: str) -> bool:

@@ -156,9 +156,11 @@ def build_tiny_decoder(folder: Path) -> Path:
     return folder
 
 
-def build_tiny_lora(unet_folder: Path, out_file: Path, *, seed: int, rank: int = 4) -> Path:
+def build_tiny_lora(unet_folder: Path, out_file: Path, *, seed: int, rank: int = 4, dropout: float = 0.0) -> Path:
     """A random LoRA for the tiny UNet's attention projections, saved as diffusers saves LoRAs. peft's default
-    initialisation makes a LoRA that changes nothing; `init_lora_weights=False` gives random weights that do."""
+    initialisation makes a LoRA that changes nothing; `init_lora_weights=False` gives random weights that do.
+    With `dropout`, the file also carries its training configuration (as diffusers' training scripts save it),
+    from which diffusers rebuilds the adapter's dropout layers when it loads the file."""
     if out_file.exists():
         return out_file
     from peft import LoraConfig
@@ -167,12 +169,19 @@ def build_tiny_lora(unet_folder: Path, out_file: Path, *, seed: int, rank: int =
     torch.manual_seed(seed)
     unet = UNet2DConditionModel.from_pretrained(unet_folder)
     config = LoraConfig(
-        r=rank, lora_alpha=rank, init_lora_weights=False, target_modules=["to_q", "to_k", "to_v", "to_out.0"]
+        r=rank,
+        lora_alpha=rank,
+        lora_dropout=dropout,
+        init_lora_weights=False,
+        target_modules=["to_q", "to_k", "to_v", "to_out.0"],
     )
     unet.add_adapter(config)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     StableDiffusionXLPipeline.save_lora_weights(
-        out_file.parent, unet_lora_layers=get_peft_model_state_dict(unet), weight_name=out_file.name
+        out_file.parent,
+        unet_lora_layers=get_peft_model_state_dict(unet),
+        weight_name=out_file.name,
+        unet_lora_adapter_metadata=config.to_dict() if dropout else None,
     )
     return out_file
 

@@ -16,6 +16,7 @@ from bot.engine.pipelines import Pipelines, load_pipelines
 from bot.engine.requests import Kind, check_inputs
 from bot.settings import Settings
 from bot.styles import Style, StyleBook
+from tests.support.tiny_model import TinyModel, build_tiny_lora
 
 
 @pytest.fixture(scope="module")
@@ -106,3 +107,16 @@ def test_an_adapter_that_cannot_load_disables_only_its_style(settings: Settings,
     assert [style.name for style in adapters.book] == ["ink"]
     [line] = [record.getMessage() for record in caplog.records if record.name == "bot.engine.adapters"]
     assert "style lost is disabled" in line and "no such file" in line
+
+
+def test_a_lora_saved_with_dropout_still_gives_one_picture_per_seed(
+    settings: Settings, tiny_model: TinyModel, tmp_path: Path, buckets
+) -> None:
+    # Its file carries its training configuration, so diffusers rebuilds its dropout layers.
+    lora = build_tiny_lora(tiny_model.lcm_unet, tmp_path / "wet.safetensors", seed=3, dropout=0.5)
+    book = StyleBook([Style(name="wet", description="Wet", lora=str(lora))])
+    pipes = load_pipelines(settings)
+    pipes.styles = StyleAdapters.load(pipes.text2img, book)
+    request = check_inputs(Kind.IMAGINE, "a fox", buckets=buckets, seed=9, steps=2, style="wet", styles=book)
+    first, again = (pixels(generate(pipes, [request])[0]) for _ in range(2))
+    assert np.array_equal(first, again)
