@@ -58,16 +58,20 @@ COLUMNS = ("plain", "executor", "tiny VAE", "+compiled", "tiny+compiled")
 
 
 def full_size_pipeline(configs: Path, device: torch.device, workdir: Path) -> StableDiffusionXLPipeline:
-    """Random weights in the real shapes, built on the GPU (initialising 2 B parameters on the CPU is slow)."""
+    """Random weights in the real shapes, built on the GPU (initialising 2 B parameters on the CPU is slow).
+
+    In eval mode, as `from_pretrained` leaves a model. Built from a config, a model is in training mode, where
+    its graphs differ from the bot's (dropout): a restart, which loads the saved weights, then missed every
+    AOTAutograd entry the first process had compiled (on the CPU too, in training mode)."""
 
     def config(name: str) -> dict:
         return json.loads((configs / name / "config.json").read_text())
 
     with torch.device(device):
-        unet = UNet2DConditionModel.from_config(config("unet")).half()
-        vae = AutoencoderKL.from_config(config("vae")).half()
-        text_encoder = CLIPTextModel(CLIPTextConfig(**config("text_encoder"))).half()
-        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**config("text_encoder_2"))).half()
+        unet = UNet2DConditionModel.from_config(config("unet")).half().eval()
+        vae = AutoencoderKL.from_config(config("vae")).half().eval()
+        text_encoder = CLIPTextModel(CLIPTextConfig(**config("text_encoder"))).half().eval()
+        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**config("text_encoder_2"))).half().eval()
     tokenizer = byte_level_tokenizer(workdir / "tokenizer")  # byte-level: same 77-token shapes as CLIP's vocabulary
     scheduler = LCMScheduler.from_config(json.loads((configs / "scheduler" / "scheduler_config.json").read_text()))
     return StableDiffusionXLPipeline(
@@ -283,6 +287,8 @@ def measure_restart(bench: Bench, model_dir: Path, resolution: int, device: str,
     bench.record("fresh process: first image, s", column, f"{report['first_image_s']:.1f}")
     if "compiled_ready_s" in report:
         bench.record("fresh process: compiled ready, s", column, f"{report['compiled_ready_s']:.1f}")
+        phases = "{dynamo} / {tracing} / {backend}".format(**report["compile_phases_s"])
+        bench.record("  compiling: all / tracing / backend, s", column, phases)
     bench.record("fresh process: alone, s", column, f"{report['alone_s']:.3f}")
     if "peak_batch1_gib" in report:
         bench.record("fresh process: peak, one image, GiB", column, f"{report['peak_batch1_gib']:.2f}")
@@ -334,7 +340,9 @@ def main() -> None:
     measure_plain(bench, plain, buckets, args.requests)
     measure_ours(bench, ours, "executor", buckets, args.requests, args.users, batch)
     tiny_decoded = dataclasses.replace(
-        ours, codec=LatentCodec(ours.codec.vae, ours.dtype, AutoencoderTiny().to(device, ours.dtype)), compiled=None
+        ours,
+        codec=LatentCodec(ours.codec.vae, ours.dtype, AutoencoderTiny().to(device, ours.dtype).eval()),
+        compiled=None,
     )
     measure_ours(bench, tiny_decoded, "tiny VAE", buckets, args.requests, args.users, batch)
     measure_compiled(bench, ours, "+compiled", buckets, args.requests, args.users, batch)

@@ -78,6 +78,7 @@ def main() -> None:
     if pipes.compiled is not None:
         report["served_compiled"] = pipes.compiled.batches_served
         report["compile_cache"] = compile_cache_counters()
+        report["compile_phases_s"] = compile_phase_seconds()
     print(json.dumps(report), flush=True)
 
 
@@ -98,6 +99,19 @@ def compile_cache_counters() -> dict[str, int]:
             if "autograd_cache" in key
         },
     }
+
+
+def compile_phase_seconds() -> dict[str, float]:
+    """Where this process's compile time went, summed over every frame dynamo compiled: tracing Python bytecode
+    into graphs (which a warm cache does not skip), then the backend (AOTAutograd and inductor, which it does)."""
+    from torch._dynamo.utils import compilation_time_metrics
+
+    phases = {
+        "dynamo": "_compile.compile_inner",
+        "tracing": "bytecode_tracing",
+        "backend": "OutputGraph.call_user_compiler",
+    }
+    return {name: round(sum(compilation_time_metrics.get(key, [])), 1) for name, key in phases.items()}
 
 
 if __name__ == "__main__":
