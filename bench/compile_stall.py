@@ -1,6 +1,6 @@
 """How long a request's model call takes while the compiler works on another thread, by GIL switch interval.
 
-    python -m bench.compile_stall [--seconds 20]
+    python -m bench.compile_stall [--seconds 20] [--also 0.00002 0.001]    # --also: more intervals, seconds
 
 On a GPU an eager UNet forward is thousands of short kernel launches, and every torch op lets go of the GIL.
 Beside a thread that runs Python for seconds on end (the compiler tracing and lowering), each op then waits for
