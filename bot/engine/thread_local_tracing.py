@@ -9,8 +9,8 @@ The first answer made model calls wait for traces. Here nothing waits: every met
 applies to the thread that traces, and other threads keep the method they had, untouched by the trace. The
 tracer's other patches (functions wrapped with `torch.fx.wrap`, `math`) already pass ordinary arguments straight
 through. On an H100 the worst request served during the compile took 31.6 s with the waits and 37.2 s without
-them, so the waits were not what stalled it (bot.engine.compiled, `start_compile_workers`), and this way needs
-no turn-taking at every model call.
+them, so the waits were not what stalled it (bot.engine.compiled, `quick_gil_handoffs`), and this way needs no
+turn-taking at every model call.
 """
 
 from __future__ import annotations
