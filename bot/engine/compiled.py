@@ -74,10 +74,18 @@ def weight_sharing_twin(module: torch.nn.Module, own: Callable[[str], bool] = la
 
 
 def use_compile_cache(folder: Path) -> None:
-    """Point inductor's on-disk cache (compiled graphs and Triton kernels) at `folder`, unless the environment
-    already chose one. Must run before the first compilation."""
+    """Point inductor's on-disk cache (compiled graphs and Triton kernels) at `folder`, unless the operator set
+    `TORCHINDUCTOR_CACHE_DIR`. Must run before the first compilation.
+
+    Importing diffusers imports dynamo, which sets `TORCHINDUCTOR_CACHE_DIR` to torch's default (a folder in
+    /tmp) as it computes a path: so that value counts as unset. Taking any value as the operator's left
+    `COMPILE_CACHE_DIR` without effect, and in Docker the cache in the container's /tmp, gone at each restart."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
     folder.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(folder.resolve()))
+    chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if chosen is None or os.path.abspath(chosen) == os.path.abspath(default_cache_dir()):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder.resolve())
 
 
 class CompiledTwins:
