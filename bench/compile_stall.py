@@ -1,4 +1,5 @@
-"""How long a request's model call takes while the compiler works on another thread, by GIL switch interval.
+"""How long a request's model call takes while the compiler works on another thread, by GIL switch interval,
+and while it works in another process.
 
     python -m bench.compile_stall [--seconds 20] [--also 0.00002 0.001]    # --also: more intervals, seconds
 
@@ -7,13 +8,16 @@ Beside a thread that runs Python for seconds on end (the compiler tracing and lo
 that thread's switch interval before it gets the GIL back. This measures that without a GPU: the tiny UNet on
 8x8 latents, where each op takes microseconds as a kernel launch does, is timed alone, then beside a thread
 that compiles another copy of it again and again (dynamo and AOTAutograd: the compiler's Python, without
-building kernels), at Python's default switch interval and at the one `CompiledTwins` sets while compiling.
+building kernels), at Python's default switch interval and at the one `CompiledTwins` sets while compiling. The last row
+runs the same compiler in a child process, as `CompiledTwins` fills the compile cache
+(bot.engine.cache_filler): no GIL is shared, and each side has a core of its own.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import multiprocessing
 import statistics
 import tempfile
 import threading
@@ -55,6 +59,24 @@ def compile_again_and_again(unet: UNet2DConditionModel, stop: threading.Event, d
         done.append(time.perf_counter() - start)
 
 
+def compile_in_child(unet_folder: str, started: multiprocessing.Event, stop: multiprocessing.Event, done) -> None:
+    """`compile_again_and_again` in a process of its own, on one thread as the parent's compiler has."""
+    torch.set_num_threads(1)
+    make_tracing_thread_local()
+    unet = UNet2DConditionModel.from_pretrained(unet_folder).eval()
+    compiles: list[float] = []
+    started.set()
+    compile_again_and_again(unet, stop_thread_when(stop), compiles)
+    done.put(compiles)
+
+
+def stop_thread_when(stop: multiprocessing.Event) -> threading.Event:
+    """A thread event that turns set when the process event does: `compile_again_and_again` polls one."""
+    event = threading.Event()
+    threading.Thread(target=lambda: (stop.wait(), event.set()), daemon=True).start()
+    return event
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=20, help="per row")
@@ -88,6 +110,18 @@ def main() -> None:
             stop.set()
             compiler.join()
         row("compiler", interval, times, compiles)
+
+    context = multiprocessing.get_context("spawn")
+    started, stop, done = context.Event(), context.Event(), context.Queue()
+    child = context.Process(target=compile_in_child, args=(str(model.lcm_unet), started, stop, done), daemon=True)
+    child.start()
+    started.wait()
+    time.sleep(1)  # into the child's first trace
+    times = forward_seconds(forward, args.seconds)
+    stop.set()
+    compiles = done.get()
+    child.join()
+    row("compiler process", PYTHON_DEFAULT_SWITCH_INTERVAL, times, compiles)
 
 
 if __name__ == "__main__":

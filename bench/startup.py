@@ -19,6 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from bot.engine.compiled import compile_cache_counters  # noqa: E402
 from bot.engine.generation import generate, warm_up  # noqa: E402
 from bot.engine.requests import Kind, bucket_sizes, check_inputs  # noqa: E402
 from bot.engine.service import load_engine  # noqa: E402
@@ -80,25 +81,6 @@ def main() -> None:
         report["compile_cache"] = compile_cache_counters()
         report["compile_phases_s"] = compile_phase_seconds()
     print(json.dumps(report), flush=True)
-
-
-def compile_cache_counters() -> dict[str, int]:
-    """How often inductor's graph cache and AOTAutograd's cache were hit, missed or bypassed in this process:
-    what a restart's time to compiled speed depends on."""
-    from torch._dynamo.utils import counters
-
-    return {
-        **{
-            f"graph_{key.removeprefix('fxgraph_cache_')}": n
-            for key, n in counters["inductor"].items()
-            if "fxgraph_cache" in key
-        },
-        **{
-            f"aot_{key.removeprefix('autograd_cache_')}": n
-            for key, n in counters["aot_autograd"].items()
-            if "autograd_cache" in key
-        },
-    }
 
 
 def compile_phase_seconds() -> dict[str, float]:

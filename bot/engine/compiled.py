@@ -21,6 +21,8 @@ serves seven aspect buckets at every batch size. These choices keep that cost aw
   a trace would otherwise break a model call made beside it.
 - While the twins compile, threads hand the GIL over every 0.1 ms instead of every 5 ms (`quick_gil_handoffs`):
   the eager models' requests would otherwise crawl beside the compiler's Python.
+- Where memory allows, a child process compiles first and fills the cache (bot.engine.cache_filler), so that the
+  compile in this process reads compiled graphs from disk instead of building them beside the requests.
 """
 
 from __future__ import annotations
@@ -113,6 +115,7 @@ class CompiledTwins:
         )
         self.pipes.styles = StyleAdapters(self.pipes.text2img, eager.styles.book)
         self.compile_seconds: float | None = None
+        self.cache_fill_seconds: float | None = None  # the child's compile, when one filled the cache first
         self.graphs_compiled = 0  # during the warm-up; each costs tens of seconds
         self.batches_served = 0
         self._ready = threading.Event()
@@ -129,9 +132,16 @@ class CompiledTwins:
         """Compilation has ended, ready or failed."""
         return self._finished.is_set()
 
-    def start(self, render: Callable[[Pipelines, list[GenerationRequest]], object]) -> None:
-        """Compile in a background thread by rendering warm-up batches through the twins with `render`."""
-        self._thread = threading.Thread(target=self._compile, args=(render,), name="compile", daemon=True)
+    def start(
+        self,
+        render: Callable[[Pipelines, list[GenerationRequest]], object],
+        fill_cache: Callable[[], bool] | None = None,
+    ) -> None:
+        """Compile in a background thread by rendering warm-up batches through the twins with `render`. When
+        given, `fill_cache` runs first on that thread (bot.engine.cache_filler)."""
+        self._thread = threading.Thread(
+            target=self._compile_in_background, args=(render, fill_cache), name="compile", daemon=True
+        )
         self._thread.start()
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -183,7 +193,18 @@ class CompiledTwins:
             and shape not in self._excluded
         )
 
-    def _compile(self, render: Callable[[Pipelines, list[GenerationRequest]], object]) -> None:
+    def _compile_in_background(
+        self, render: Callable[[Pipelines, list[GenerationRequest]], object], fill_cache: Callable[[], bool] | None
+    ) -> None:
+        if fill_cache is not None:
+            started = time.perf_counter()
+            if fill_cache():
+                self.cache_fill_seconds = time.perf_counter() - started
+        self.compile_here(render)
+
+    def compile_here(self, render: Callable[[Pipelines, list[GenerationRequest]], object]) -> bool:
+        """Compile on the calling thread (the compile thread, or the cache filler's child); True when the twins
+        serve from now on."""
         started, graphs_before = time.perf_counter(), compiled_graph_count()
         try:
             with compiler_settings(), quick_gil_handoffs():
@@ -196,13 +217,15 @@ class CompiledTwins:
             self.compile_seconds = time.perf_counter() - started
             self.graphs_compiled = compiled_graph_count() - graphs_before
             log.info(
-                "compiled models ready after %.1f s (%d graphs); they serve from now on",
+                "compiled models ready after %.1f s (%d graphs; compile cache %s); they serve from now on",
                 self.compile_seconds,
                 self.graphs_compiled,
+                compile_cache_counters(),
             )
             self._ready.set()
         finally:
             self._finished.set()
+        return self.ready
 
 
 @contextlib.contextmanager
@@ -269,3 +292,21 @@ def start_compile_workers(device: torch.device) -> None:
 def compiled_graph_count() -> int:
     """Graphs dynamo has compiled in this process, whatever the thread."""
     return torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+
+def compile_cache_counters() -> dict[str, int]:
+    """How often inductor's graph cache and AOTAutograd's cache were hit, missed or bypassed in this process:
+    what the time to compiled speed depends on, after a restart or a cache filler's child."""
+    counters = torch._dynamo.utils.counters
+    return {
+        **{
+            f"graph_{key.removeprefix('fxgraph_cache_')}": n
+            for key, n in counters["inductor"].items()
+            if "fxgraph_cache" in key
+        },
+        **{
+            f"aot_{key.removeprefix('autograd_cache_')}": n
+            for key, n in counters["aot_autograd"].items()
+            if "autograd_cache" in key
+        },
+    }

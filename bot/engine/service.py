@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from bot.engine.adapters import StyleAdapters
+from bot.engine.cache_filler import CompilePlan, fill_compile_cache, needs_filling
 from bot.engine.compiled import CompiledTwins, use_compile_cache
 from bot.engine.executor import BatchRunner, Executor, JobQueue
 from bot.engine.generation import generate, render, warm_up
@@ -58,9 +59,36 @@ def choose_batch_images(settings: Settings, device: torch.device) -> int:
     if device.type != "cuda":
         return CPU_BATCH_IMAGES
     free_bytes, _total = torch.cuda.mem_get_info(device)
-    per_image = GIB_PER_IMAGE_AT_1024 * (settings.base_resolution / 1024) ** 2
-    images = int((free_bytes / GIB - GIB_DECODE_RESERVE) / per_image)
+    images = int((free_bytes / GIB - GIB_DECODE_RESERVE) / gib_per_image(settings))
     return max(1, min(MAX_AUTO_BATCH_IMAGES, images))
+
+
+def gib_per_image(settings: Settings) -> float:
+    return GIB_PER_IMAGE_AT_1024 * (settings.base_resolution / 1024) ** 2
+
+
+def batch_peak_gib(settings: Settings, batch_images: int) -> float:
+    """What a batch of `batch_images` may take on top of the weights: the estimate `choose_batch_images` fills
+    the free memory with."""
+    return GIB_DECODE_RESERVE + gib_per_image(settings) * batch_images
+
+
+def compile_child_wanted(settings: Settings, device: torch.device, batch_images: int) -> bool:
+    """`COMPILE_CHILD`; auto: on a CUDA GPU with room for the child (bot.engine.cache_filler) beside this process:
+    its copy of the weights, and a batch in each process at once. On an 80 GB card with batches of 8 there is
+    (about 4 + 2 x 20 GiB); on a 12 or 24 GB card there is not, and the compile runs in this process alone.
+
+    Not on a CPU: there the child's compile takes the cores the requests run on. With the tiny model on 2 cores
+    (`bench.gpu --tiny --compile-only`), requests served meanwhile took 1.57 s median and 14.0 s at worst with
+    a child, 1.26 and 3.0 s without, and compiled speed came after 266 against 173 s. A GPU's requests need a
+    core and the GIL to launch kernels; the child leaves them both."""
+    if settings.compile_child != "auto":
+        return settings.compile_child == "on"
+    if device.type != "cuda":
+        return False
+    free_bytes, _total = torch.cuda.mem_get_info(device)
+    weights_gib = torch.cuda.memory_allocated(device) / GIB
+    return free_bytes / GIB >= weights_gib + 2 * batch_peak_gib(settings, batch_images)
 
 
 def load_engine(settings: Settings) -> tuple[Pipelines, int]:
@@ -70,12 +98,16 @@ def load_engine(settings: Settings) -> tuple[Pipelines, int]:
     pipes.styles = StyleAdapters.load(pipes.text2img, read_style_book(settings))
     buckets = bucket_sizes(settings.base_resolution)
     batch_images = choose_batch_images(settings, pipes.device)
+    fill_cache = None
     if compile_enabled(settings, pipes.device):
         use_compile_cache(settings.compile_cache_dir)
         pipes.compiled = CompiledTwins(pipes, buckets, batch_images)
+        plan = CompilePlan(settings, buckets, batch_images, pipes.styles.book)
+        if needs_filling(plan) and compile_child_wanted(settings, pipes.device, batch_images):
+            fill_cache = functools.partial(fill_compile_cache, plan)
     freeze_loaded_objects()
     if pipes.compiled is not None:
-        pipes.compiled.start(render)
+        pipes.compiled.start(render, fill_cache)
     log.info("engine ready on %s; batches of up to %d images", pipes.device, batch_images)
     return pipes, batch_images
 

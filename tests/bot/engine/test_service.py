@@ -9,7 +9,7 @@ import torch
 
 from bot.engine import generation
 from bot.engine.requests import Kind, check_inputs
-from bot.engine.service import choose_batch_images, compile_enabled, load_engine, open_engine
+from bot.engine.service import choose_batch_images, compile_child_wanted, compile_enabled, load_engine, open_engine
 from bot.settings import Settings
 
 
@@ -24,6 +24,17 @@ def test_batch_size_is_the_setting_or_a_cpu_default(settings: Settings) -> None:
 )
 def test_compiling_is_automatic_on_gpus_only(settings: Settings, setting: str, device: str, expected: bool) -> None:
     assert compile_enabled(settings.model_copy(update={"compile": setting}), torch.device(device)) is expected
+
+
+@pytest.mark.parametrize(
+    ("setting", "device", "expected"),
+    [("auto", "cpu", False), ("on", "cpu", True), ("off", "cuda", False), ("on", "cuda", True)],
+)
+def test_a_compile_child_is_asked_for_or_automatic_on_gpus_only(
+    settings: Settings, setting: str, device: str, expected: bool
+) -> None:
+    wanted = compile_child_wanted(settings.model_copy(update={"compile_child": setting}), torch.device(device), 4)
+    assert wanted is expected
 
 
 def test_load_engine_freezes_the_loaded_heap(settings: Settings) -> None:

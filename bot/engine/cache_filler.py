@@ -1,0 +1,145 @@
+"""Fill the compile cache from a child process, so that the serving process compiles from a warm cache.
+
+Compiling beside serving slows requests down: the compiler runs Python for seconds on end, and an eager request
+needs the GIL back after each of its thousands of ops (`quick_gil_handoffs` in bot.engine.compiled shortens
+each wait, but the waits remain). A child process has a GIL of its own. It loads the same models, compiles the
+same warm-up batches, and leaves inductor's and AOTAutograd's caches filled. The serving process then compiles
+from that cache: dynamo still traces there, but the backend reads compiled graphs from disk instead of building
+them (with the tiny model on the CPU: 15 s of compiling instead of 122 s, `bench.startup`). Beside a compiler
+thread, a forward of the tiny UNet on 8x8 latents took 10 times as long as alone; beside a compiler process, as
+long as alone (`bench.compile_stall`).
+
+A marker file per plan records that the cache was filled, so that a restart starts no child. A stale marker (a
+cache emptied by hand) costs only speed: the serving process then compiles from a cold cache, as it would
+without a child. The cache keys are torch's, so a marker can never make a wrong graph run.
+
+The child needs a second copy of the weights on the GPU beside the serving process, so the engine starts one
+only where the free memory holds it (`COMPILE_CHILD`, `compile_child_wanted` in bot.engine.service).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import diffusers
+import torch
+
+from bot.engine.adapters import StyleAdapters
+from bot.engine.compiled import CompiledTwins, use_compile_cache
+from bot.engine.generation import render
+from bot.engine.pipelines import load_pipelines
+from bot.settings import Settings
+from bot.styles import Style, StyleBook
+
+log = logging.getLogger(__name__)
+
+FILL_TIMEOUT = 1800  # seconds; a cold compile of every bucket took about 2 minutes on an H100
+PARENT_CHECK_INTERVAL = 1.0  # seconds between the child's checks that the serving process still runs
+MARKER_FOLDER = "filled-by-child"
+
+
+@dataclass(frozen=True)
+class CompilePlan:
+    """What the twins compile. The same models, buckets, batch size and LoRA styles give the same graphs, so the
+    child's cache entries are the ones the serving process looks up."""
+
+    settings: Settings
+    buckets: dict[str, tuple[int, int]]
+    max_batch_images: int
+    styles: StyleBook
+
+    def to_json(self) -> str:
+        """The plan for the child's standard input and for the marker file, without the Discord token."""
+        return json.dumps(
+            {
+                "settings": self.settings.model_dump(mode="json", exclude={"discord_token"}),
+                "buckets": self.buckets,
+                "max_batch_images": self.max_batch_images,
+                "styles": [style.model_dump(mode="json") for style in self.styles],
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> CompilePlan:
+        data = json.loads(text)
+        return cls(
+            settings=Settings(**data["settings"], _env_file=None),
+            buckets={aspect: (width, height) for aspect, (width, height) in data["buckets"].items()},
+            max_batch_images=data["max_batch_images"],
+            styles=StyleBook([Style(**style) for style in data["styles"]]),
+        )
+
+    def fingerprint(self) -> str:
+        """Names the plan's marker: the plan, and what else decides the compiled code (library versions, GPU)."""
+        machine = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+        versions = f"torch {torch.__version__}, diffusers {diffusers.__version__}, {machine}"
+        return hashlib.sha256(f"{self.to_json()}\n{versions}".encode()).hexdigest()[:32]
+
+
+def marker_path(plan: CompilePlan) -> Path:
+    """Inside inductor's cache folder, so that emptying the cache also forgets that it was filled."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    return Path(cache_dir()) / MARKER_FOLDER / f"{plan.fingerprint()}.json"
+
+
+def needs_filling(plan: CompilePlan) -> bool:
+    return not marker_path(plan).exists()
+
+
+def fill_compile_cache(plan: CompilePlan, timeout: float = FILL_TIMEOUT) -> bool:
+    """Compile `plan` in a child process and wait for it (on the compile thread: waiting holds no GIL). True when
+    the cache is filled. A child that fails is logged and harmless: the serving process compiles as before."""
+    started = time.perf_counter()
+    log.info("compiling in a child process first, so that serving is not slowed down by the compiler")
+    command = [sys.executable, "-m", "bot.engine.cache_filler"]
+    try:
+        done = subprocess.run(command, input=plan.to_json(), text=True, timeout=timeout, check=False)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("the compile child did not finish (%r); compiling here from a colder cache", exc)
+        return False
+    if done.returncode != 0:
+        log.warning("the compile child failed (exit status %d, see above); compiling here", done.returncode)
+        return False
+    marker = marker_path(plan)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(plan.to_json())
+    log.info("the compile child filled the compile cache in %.1f s", time.perf_counter() - started)
+    return True
+
+
+def exit_with_parent(parent: int, interval: float = PARENT_CHECK_INTERVAL) -> None:
+    """End this process as soon as `parent` has ended: a bot that stops must not leave a compiler behind."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def main() -> int:
+    """The child: read the plan from standard input, compile it on this thread, exit 0 when compiled."""
+    exit_with_parent(os.getppid())
+    plan = CompilePlan.from_json(sys.stdin.read())
+    logging.basicConfig(level=plan.settings.log_level, format="%(asctime)s %(levelname)s compile child: %(message)s")
+    use_compile_cache(plan.settings.compile_cache_dir)  # the parent's choice, which the environment carries
+    pipes = load_pipelines(plan.settings)
+    pipes.styles = StyleAdapters.load(pipes.text2img, plan.styles)
+    twins = CompiledTwins(pipes, plan.buckets, plan.max_batch_images)
+    return 0 if twins.compile_here(render) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

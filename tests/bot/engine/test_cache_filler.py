@@ -1,0 +1,94 @@
+"""The compile child fills the cache the serving process reads, for real (inductor on the CPU, tiny model)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.engine.cache_filler import CompilePlan, fill_compile_cache, marker_path, needs_filling
+from bot.settings import Settings
+from bot.styles import Style, StyleBook
+
+pytestmark = pytest.mark.timeout(900)
+
+# The bot's start-up in a process of its own (torch keeps compiled code and counters per process), with the
+# settings of the environment: it reports what its compile read from the cache.
+START_AND_COMPILE = """
+import json
+from bot.engine.compiled import compile_cache_counters
+from bot.engine.service import load_engine
+from bot.settings import Settings
+
+pipes, _ = load_engine(Settings(_env_file=None))
+ready = pipes.compiled.wait(timeout=800)
+print(json.dumps({"ready": ready, "child_s": pipes.compiled.cache_fill_seconds, "cache": compile_cache_counters()}))
+"""
+
+
+@pytest.fixture
+def plan(settings: Settings, buckets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CompilePlan:
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cache"))
+    book = StyleBook([Style(name="rain", description="Rain", template="{prompt}, in the rain")])
+    return CompilePlan(settings, {"1:1": buckets["1:1"]}, max_batch_images=2, styles=book)
+
+
+def test_the_plan_reaches_the_child_whole_but_without_the_token(plan: CompilePlan) -> None:
+    with_token = CompilePlan(
+        plan.settings.model_copy(update={"discord_token": "secret-token"}), plan.buckets, 2, plan.styles
+    )
+    text = with_token.to_json()
+    assert "secret-token" not in text  # it is written to the marker file too
+    again = CompilePlan.from_json(text)
+    assert again.settings.model_base == plan.settings.model_base and again.settings.discord_token is None
+    assert again.buckets == plan.buckets and again.max_batch_images == 2
+    assert [style.template for style in again.styles] == ["{prompt}, in the rain"]
+    assert again.fingerprint() == plan.fingerprint()
+
+
+def test_a_plan_is_filled_once_and_another_plan_is_not(plan: CompilePlan) -> None:
+    assert needs_filling(plan)
+    marker_path(plan).parent.mkdir(parents=True)
+    marker_path(plan).write_text(plan.to_json())
+    assert not needs_filling(plan)
+    assert needs_filling(CompilePlan(plan.settings, plan.buckets, max_batch_images=3, styles=plan.styles))
+
+
+def test_a_child_that_fails_leaves_no_marker(plan: CompilePlan, tmp_path: Path) -> None:
+    broken = CompilePlan(
+        plan.settings.model_copy(update={"model_unet": str(tmp_path / "missing")}), plan.buckets, 2, plan.styles
+    )
+    assert fill_compile_cache(broken, timeout=300) is False
+    assert needs_filling(broken)
+
+
+def start_and_compile(env_for, tmp_path: Path) -> dict:
+    env_for(
+        COMPILE="on",
+        COMPILE_CHILD="on",
+        COMPILE_CACHE_DIR=str(tmp_path / "cache"),
+        MAX_BATCH_IMAGES="2",
+        LOG_LEVEL="WARNING",
+    )
+    done = subprocess.run([sys.executable, "-c", START_AND_COMPILE], capture_output=True, text=True, timeout=850)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_the_child_compiles_so_that_serving_reads_every_graph_from_the_cache(
+    env_for, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)  # COMPILE_CACHE_DIR decides
+    first = start_and_compile(env_for, tmp_path)
+    assert first["ready"] and first["child_s"] is not None
+    assert first["cache"]["graph_hit"] > 0 and first["cache"]["aot_hit"] > 0
+    assert "graph_miss" not in first["cache"] and "aot_miss" not in first["cache"]
+    [marker] = (tmp_path / "cache" / "filled-by-child").iterdir()
+
+    restart = start_and_compile(env_for, tmp_path)  # the marker says the cache is filled: no child
+    assert restart["ready"] and restart["child_s"] is None
+    assert "graph_miss" not in restart["cache"] and "aot_miss" not in restart["cache"]
+    assert list((tmp_path / "cache" / "filled-by-child").iterdir()) == [marker]
