@@ -102,7 +102,7 @@ def fill_compile_cache(plan: CompilePlan, timeout: float = FILL_TIMEOUT) -> bool
     the cache is filled. A child that fails is logged and harmless: the serving process compiles as before."""
     started = time.perf_counter()
     log.info("compiling in a child process first, so that serving is not slowed down by the compiler")
-    command = [sys.executable, "-m", "bot.engine.cache_filler"]
+    command = [sys.executable, "-m", "bot.engine.cache_filler", str(os.getpid())]
     try:
         done = subprocess.run(command, input=plan.to_json(), text=True, timeout=timeout, check=False)
     except (OSError, subprocess.SubprocessError) as exc:
@@ -130,8 +130,9 @@ def exit_with_parent(parent: int, interval: float = PARENT_CHECK_INTERVAL) -> No
 
 
 def main() -> int:
-    """The child: read the plan from standard input, compile it on this thread, exit 0 when compiled."""
-    exit_with_parent(os.getppid())
+    """The child: read the plan from standard input, compile it on this thread, exit 0 when compiled. Its
+    argument is the parent's pid: a parent that ended before the child looked is noticed too."""
+    exit_with_parent(int(sys.argv[1]))
     plan = CompilePlan.from_json(sys.stdin.read())
     logging.basicConfig(level=plan.settings.log_level, format="%(asctime)s %(levelname)s compile child: %(message)s")
     use_compile_cache(plan.settings.compile_cache_dir)  # the parent's choice, which the environment carries

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,40 @@ def test_a_child_that_fails_leaves_no_marker(plan: CompilePlan, tmp_path: Path) 
     )
     assert fill_compile_cache(broken, timeout=300) is False
     assert needs_filling(broken)
+
+
+def test_the_child_ends_with_the_process_that_started_it() -> None:
+    # A bot that stops must not leave a compiler holding GPU memory: the parent here exits as soon as its child
+    # watches it, and prints the child's pid.
+    child = (
+        "import os, time\n"
+        "from bot.engine.cache_filler import exit_with_parent\n"
+        "exit_with_parent(os.getppid(), interval=0.1)\n"
+        "print('watching', flush=True)\n"
+        "time.sleep(300)\n"
+    )
+    parent = (
+        "import subprocess, sys\n"
+        f"child = subprocess.Popen([sys.executable, '-c', {child!r}], stdout=subprocess.PIPE,\n"
+        "                         stderr=subprocess.DEVNULL, text=True)\n"
+        "assert child.stdout.readline() == 'watching\\n'\n"
+        "print(child.pid)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    pid, deadline = int(done.stdout), time.monotonic() + 30
+    while running(pid):
+        assert time.monotonic() < deadline, "the child outlived its parent"
+        time.sleep(0.1)
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie waiting to be reaped (Linux)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
 
 
 def start_and_compile(env_for, tmp_path: Path) -> dict:
