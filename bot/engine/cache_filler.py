@@ -34,7 +34,7 @@ import diffusers
 import torch
 
 from bot.engine.adapters import StyleAdapters
-from bot.engine.compiled import CompiledTwins, use_compile_cache
+from bot.engine.compiled import CompiledTwins
 from bot.engine.generation import render
 from bot.engine.pipelines import load_pipelines
 from bot.settings import Settings
@@ -45,6 +45,10 @@ log = logging.getLogger(__name__)
 FILL_TIMEOUT = 1800  # seconds; a cold compile of every bucket took about 2 minutes on an H100
 PARENT_CHECK_INTERVAL = 1.0  # seconds between the child's checks that the serving process still runs
 MARKER_FOLDER = "filled-by-child"
+# What loading the models reads (bot.engine.pipelines): the plan carries these alone, so that neither the child's
+# input nor the marker file holds a secret (DISCORD_TOKEN, a password in REDIS_URL), and a change to any other
+# setting does not start another child.
+MODEL_SETTINGS = ("model_base", "model_unet", "model_vae", "model_tiny_vae", "device", "dtype", "base_resolution")
 
 
 @dataclass(frozen=True)
@@ -58,10 +62,10 @@ class CompilePlan:
     styles: StyleBook
 
     def to_json(self) -> str:
-        """The plan for the child's standard input and for the marker file, without the Discord token."""
+        """The plan for the child's standard input and for the marker file."""
         return json.dumps(
             {
-                "settings": self.settings.model_dump(mode="json", exclude={"discord_token"}),
+                "settings": self.settings.model_dump(mode="json", include=set(MODEL_SETTINGS)),
                 "buckets": self.buckets,
                 "max_batch_images": self.max_batch_images,
                 "styles": [style.model_dump(mode="json") for style in self.styles],
@@ -102,7 +106,7 @@ def fill_compile_cache(plan: CompilePlan, timeout: float = FILL_TIMEOUT) -> bool
     the cache is filled. A child that fails is logged and harmless: the serving process compiles as before."""
     started = time.perf_counter()
     log.info("compiling in a child process first, so that serving is not slowed down by the compiler")
-    command = [sys.executable, "-m", "bot.engine.cache_filler", str(os.getpid())]
+    command = [sys.executable, "-m", "bot.engine.cache_filler", str(os.getpid()), plan.settings.log_level]
     try:
         done = subprocess.run(command, input=plan.to_json(), text=True, timeout=timeout, check=False)
     except (OSError, subprocess.SubprocessError) as exc:
@@ -131,11 +135,12 @@ def exit_with_parent(parent: int, interval: float = PARENT_CHECK_INTERVAL) -> No
 
 def main() -> int:
     """The child: read the plan from standard input, compile it on this thread, exit 0 when compiled. Its
-    argument is the parent's pid: a parent that ended before the child looked is noticed too."""
-    exit_with_parent(int(sys.argv[1]))
+    arguments: the parent's pid (a parent that ended before the child looked is noticed too), and the log level.
+    The compile cache folder is the parent's, which the environment carries (`use_compile_cache`)."""
+    parent, log_level = int(sys.argv[1]), sys.argv[2]
+    exit_with_parent(parent)
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s compile child: %(message)s")
     plan = CompilePlan.from_json(sys.stdin.read())
-    logging.basicConfig(level=plan.settings.log_level, format="%(asctime)s %(levelname)s compile child: %(message)s")
-    use_compile_cache(plan.settings.compile_cache_dir)  # the parent's choice, which the environment carries
     pipes = load_pipelines(plan.settings)
     pipes.styles = StyleAdapters.load(pipes.text2img, plan.styles)
     twins = CompiledTwins(pipes, plan.buckets, plan.max_batch_images)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -37,14 +38,13 @@ def plan(settings: Settings, buckets, tmp_path: Path, monkeypatch: pytest.Monkey
     return CompilePlan(settings, {"1:1": buckets["1:1"]}, max_batch_images=2, styles=book)
 
 
-def test_the_plan_reaches_the_child_whole_but_without_the_token(plan: CompilePlan) -> None:
-    with_token = CompilePlan(
-        plan.settings.model_copy(update={"discord_token": "secret-token"}), plan.buckets, 2, plan.styles
-    )
-    text = with_token.to_json()
-    assert "secret-token" not in text  # it is written to the marker file too
+def test_the_plan_reaches_the_child_with_the_models_and_no_secret(plan: CompilePlan) -> None:
+    secrets = {"discord_token": "secret-token", "redis_url": "redis://:secret-password@cache:6379/0"}
+    text = dataclasses.replace(plan, settings=plan.settings.model_copy(update=secrets)).to_json()
+    assert "secret" not in text  # it is written to the marker file too
     again = CompilePlan.from_json(text)
-    assert again.settings.model_base == plan.settings.model_base and again.settings.discord_token is None
+    assert again.settings.model_base == plan.settings.model_base
+    assert again.settings.base_resolution == plan.settings.base_resolution
     assert again.buckets == plan.buckets and again.max_batch_images == 2
     assert [style.template for style in again.styles] == ["{prompt}, in the rain"]
     assert again.fingerprint() == plan.fingerprint()
@@ -55,13 +55,14 @@ def test_a_plan_is_filled_once_and_another_plan_is_not(plan: CompilePlan) -> Non
     marker_path(plan).parent.mkdir(parents=True)
     marker_path(plan).write_text(plan.to_json())
     assert not needs_filling(plan)
-    assert needs_filling(CompilePlan(plan.settings, plan.buckets, max_batch_images=3, styles=plan.styles))
+    assert needs_filling(dataclasses.replace(plan, max_batch_images=3))
+    assert needs_filling(dataclasses.replace(plan, settings=plan.settings.model_copy(update={"dtype": "bfloat16"})))
+    # A setting the models do not read needs no child:
+    assert not needs_filling(dataclasses.replace(plan, settings=plan.settings.model_copy(update={"queue_max": 7})))
 
 
 def test_a_child_that_fails_leaves_no_marker(plan: CompilePlan, tmp_path: Path) -> None:
-    broken = CompilePlan(
-        plan.settings.model_copy(update={"model_unet": str(tmp_path / "missing")}), plan.buckets, 2, plan.styles
-    )
+    broken = dataclasses.replace(plan, settings=plan.settings.model_copy(update={"model_unet": str(tmp_path / "x")}))
     assert fill_compile_cache(broken, timeout=300) is False
     assert needs_filling(broken)
 
