@@ -8,9 +8,9 @@ Beside a thread that runs Python for seconds on end (the compiler tracing and lo
 that thread's switch interval before it gets the GIL back. This measures that without a GPU: the tiny UNet on
 8x8 latents, where each op takes microseconds as a kernel launch does, is timed alone, then beside a thread
 that compiles another copy of it again and again (dynamo and AOTAutograd: the compiler's Python, without
-building kernels), at Python's default switch interval and at the one `CompiledTwins` sets while compiling. The last row
-runs the same compiler in a child process, as `CompiledTwins` fills the compile cache
-(bot.engine.cache_filler): no GIL is shared, and each side has a core of its own.
+building kernels), at Python's default switch interval and at the one `CompiledTwins` sets while compiling.
+The last row runs the same compiler in a child process, as the compile child does (bot.engine.cache_filler):
+no GIL is shared, and each side has a core of its own.
 """
 
 from __future__ import annotations
@@ -59,7 +59,9 @@ def compile_again_and_again(unet: UNet2DConditionModel, stop: threading.Event, d
         done.append(time.perf_counter() - start)
 
 
-def compile_in_child(unet_folder: str, started: multiprocessing.Event, stop: multiprocessing.Event, done) -> None:
+def compile_in_child(
+    unet_folder: str, started: multiprocessing.Event, stop: multiprocessing.Event, done: multiprocessing.Queue
+) -> None:
     """`compile_again_and_again` in a process of its own, on one thread as the parent's compiler has."""
     torch.set_num_threads(1)
     make_tracing_thread_local()
