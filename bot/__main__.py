@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lcm-bot", description="LCM SSD-1B image bot for Discord.")
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("run", help="run the Discord bot (the default)")
-    commands.add_parser("doctor", help="check settings, GPU, weights, database and token")
+    commands.add_parser("doctor", help="check settings, GPU, weights, compile cache, database and token")
     commands.add_parser("worker", help="serve generation tasks from REDIS_URL (QUEUE_BACKEND=redis scale-out)")
     sync = commands.add_parser("sync", help="register the slash commands with Discord (globally by default)")
     sync.add_argument("--guild", type=int, help="register in this guild only (instant, for testing)")

@@ -12,7 +12,9 @@ from pathlib import Path
 import torch
 from huggingface_hub import try_to_load_from_cache
 
+from bot.engine.compiled import compile_cache_folder, prepare_writable_folder
 from bot.engine.pipelines import ModelUnavailable, resolve_device
+from bot.engine.service import compile_enabled
 from bot.settings import Settings
 
 TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_-]{18,40}\.[A-Za-z0-9_-]{4,10}\.[A-Za-z0-9_-]{20,}$")
@@ -32,6 +34,7 @@ def run_checks(settings: Settings) -> list[Check]:
         _check_weights("MODEL_BASE", settings.model_base, "model_index.json"),
         _check_weights("MODEL_UNET", settings.model_unet, "config.json"),
         *(_check_weights(name, source, "config.json") for name, source in optional_weights.items() if source),
+        *_compile_cache_checks(settings),
         _check_database(settings.database_path),
         _check_token(settings),
     ]
@@ -58,6 +61,23 @@ def _check_weights(setting: str, source: str, marker: str) -> Check:
     if isinstance(cached, str):
         return Check(setting, True, f"{source} is in the Hugging Face cache")
     return Check(setting, False, f"{source} is not downloaded yet: run `hf download {source}`")
+
+
+def _compile_cache_checks(settings: Settings) -> list[Check]:
+    """Where the bot compiles (`COMPILE`): a cache folder it cannot write costs each restart a full compile."""
+    try:
+        compiles = compile_enabled(settings, resolve_device(settings.device))
+    except ModelUnavailable:
+        return []  # the device check says why
+    if not compiles:
+        return []
+    folder = compile_cache_folder(settings.compile_cache_dir)
+    try:
+        prepare_writable_folder(folder)
+    except OSError as exc:
+        detail = f"{folder} is not writable ({exc.strerror or exc}): each restart would compile again, for minutes"
+        return [Check("COMPILE_CACHE_DIR", False, detail)]
+    return [Check("COMPILE_CACHE_DIR", True, f"{folder} is writable")]
 
 
 def _check_database(path: Path) -> Check:

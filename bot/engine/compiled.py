@@ -32,6 +32,7 @@ import copy
 import logging
 import os
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -76,18 +77,49 @@ def weight_sharing_twin(module: torch.nn.Module, own: Callable[[str], bool] = la
 
 
 def use_compile_cache(folder: Path) -> None:
-    """Point inductor's on-disk cache (compiled graphs and Triton kernels) at `folder`, unless the operator set
-    `TORCHINDUCTOR_CACHE_DIR`. Must run before the first compilation.
+    """Point inductor's on-disk cache (compiled graphs and Triton kernels) at `compile_cache_folder(folder)`.
+    Must run before the first compilation.
+
+    A folder that cannot be written costs speed, not the start: the bot logs it and compiles into torch's
+    temporary folder, so only a restart pays (it compiles everything again)."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    chosen = compile_cache_folder(folder)
+    try:
+        prepare_writable_folder(chosen)
+    except OSError as exc:
+        log.warning(
+            "the compile cache folder %s cannot be written (%s); compiled graphs go to %s, which a restart may"
+            " not find, and then it compiles everything again",
+            chosen,
+            exc.strerror or exc,
+            default_cache_dir(),
+        )
+        chosen = Path(default_cache_dir())
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(chosen.resolve())
+
+
+def compile_cache_folder(folder: Path) -> Path:
+    """Where compiled graphs are kept: `TORCHINDUCTOR_CACHE_DIR` where the operator set it, else `folder`
+    (`COMPILE_CACHE_DIR`).
 
     Importing diffusers imports dynamo, which sets `TORCHINDUCTOR_CACHE_DIR` to torch's default (a folder in
     /tmp) as it computes a path: so that value counts as unset. Taking any value as the operator's left
     `COMPILE_CACHE_DIR` without effect, and in Docker the cache in the container's /tmp, gone at each restart."""
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
-    folder.mkdir(parents=True, exist_ok=True)
     chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     if chosen is None or os.path.abspath(chosen) == os.path.abspath(default_cache_dir()):
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder.resolve())
+        return folder
+    return Path(chosen)
+
+
+def prepare_writable_folder(folder: Path) -> None:
+    """Create `folder` and write a file in it. Raises OSError where either fails: a file in the way, no
+    permission, a read-only volume. Creating alone would pass a folder that exists but refuses writes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=folder):
+        pass
 
 
 class CompiledTwins:

@@ -66,3 +66,25 @@ def test_doctor_checks_the_optional_models_only_when_set(env_for, capsys, tmp_pa
     env_for(MODEL_TINY_VAE=str(tmp_path))  # a folder without a model in it
     assert main(["doctor"]) == 1
     assert f"[FAIL] MODEL_TINY_VAE: local folder {tmp_path} has no config.json" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("compile_setting", "folder", "verdict"),
+    [
+        ("off", "compile-cache", None),
+        ("on", "compile-cache", "[ok] COMPILE_CACHE_DIR"),
+        ("on", "a-file/compile-cache", "[FAIL] COMPILE_CACHE_DIR"),
+    ],
+)
+def test_doctor_checks_the_compile_cache_folder_where_the_bot_compiles(
+    env_for, capsys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compile_setting: str, folder: str, verdict
+) -> None:
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    (tmp_path / "a-file").write_text("")
+    env_for(COMPILE=compile_setting, COMPILE_CACHE_DIR=str(tmp_path / folder))
+    main(["doctor"])
+    out = capsys.readouterr().out
+    if verdict is None:
+        assert "COMPILE_CACHE_DIR" not in out
+    else:
+        assert f"{verdict}: {tmp_path / folder}" in out

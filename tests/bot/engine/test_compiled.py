@@ -21,6 +21,7 @@ from bot.engine.compiled import (
     CompiledTwins,
     compiled_graph_count,
     quick_gil_handoffs,
+    use_compile_cache,
     weight_sharing_twin,
 )
 from bot.engine.generation import generate, render
@@ -259,3 +260,16 @@ def test_the_compile_cache_is_where_settings_say_unless_the_operator_chose(
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == str(tmp_path / (operator_choice or "settings-cache"))
+
+
+def test_a_compile_cache_folder_that_cannot_be_written_is_logged_and_torch_s_own_is_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)  # restored afterwards, whatever the call sets
+    in_the_way = tmp_path / "a-file"
+    in_the_way.write_text("")
+    use_compile_cache(in_the_way / "compile-cache")
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(Path(default_cache_dir()).resolve())
+    assert f"the compile cache folder {in_the_way / 'compile-cache'} cannot be written" in caplog.text
