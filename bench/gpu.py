@@ -274,6 +274,7 @@ def compile_twins(
     if twins.cache_fill_seconds is not None:
         bench.record("  of which the compile child, s", column, f"{twins.cache_fill_seconds:.1f}")
     bench.record("compile in this process, s", column, f"{twins.compile_seconds:.1f}")
+    bench.record("  of which starting compile workers, s", column, f"{twins.workers_seconds:.1f}")
     bench.record("graphs compiled", column, str(twins.graphs_compiled))
     ours.compiled = twins
     return True
@@ -311,6 +312,7 @@ def measure_restart(bench: Bench, model_dir: Path, resolution: int, device: str,
         bench.record("fresh process: compiled ready, s", column, f"{report['compiled_ready_s']:.1f}")
         phases = "{dynamo} / {tracing} / {backend}".format(**report["compile_phases_s"])
         bench.record("  compiling: all / tracing / backend, s", column, phases)
+        bench.record("  starting compile workers, s", column, f"{report['compile_workers_s']:.1f}")
     bench.record("fresh process: alone, s", column, f"{report['alone_s']:.3f}")
     if "peak_batch1_gib" in report:
         bench.record("fresh process: peak, one image, GiB", column, f"{report['peak_batch1_gib']:.2f}")

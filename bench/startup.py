@@ -80,6 +80,7 @@ def main() -> None:
         report["served_compiled"] = pipes.compiled.batches_served
         report["compile_cache"] = compile_cache_counters()
         report["compile_phases_s"] = compile_phase_seconds()
+        report["compile_workers_s"] = round(pipes.compiled.workers_seconds, 1)
     print(json.dumps(report), flush=True)
 
 

@@ -148,6 +148,7 @@ class CompiledTwins:
         self.pipes.styles = StyleAdapters(self.pipes.text2img, eager.styles.book)
         self.compile_seconds: float | None = None
         self.cache_fill_seconds: float | None = None  # the child's compile, when one filled the cache first
+        self.workers_seconds = 0.0  # of `compile_seconds`, the wait for inductor's worker processes
         self.graphs_compiled = 0  # during the warm-up; each costs tens of seconds
         self.batches_served = 0
         self._ready = threading.Event()
@@ -240,7 +241,7 @@ class CompiledTwins:
         started, graphs_before = time.perf_counter(), compiled_graph_count()
         try:
             with compiler_settings(), quick_gil_handoffs():
-                start_compile_workers(self.pipes.device)
+                self.workers_seconds = start_compile_workers(self.pipes.device)
                 for batch in self.warm_up_batches():
                     render(self.pipes, batch)
         except Exception:
@@ -299,15 +300,17 @@ def quick_gil_handoffs(interval: float = COMPILE_SWITCH_INTERVAL) -> Iterator[No
         sys.setswitchinterval(before)
 
 
-def start_compile_workers(device: torch.device) -> None:
-    """Start inductor's compile worker processes and wait until they take jobs, before the first compile.
+def start_compile_workers(device: torch.device) -> float:
+    """Start inductor's compile worker processes and wait until they take jobs, before the first compile;
+    returns the seconds waited.
 
     Until its workers are up, inductor builds each Triton kernel on the compiling thread itself (pytorch#146417),
     and Triton holds the GIL through much of a build (triton-lang/triton#2088), so the serving thread can hardly
     launch a kernel meanwhile (on top of the wait `quick_gil_handoffs` shortens). Not yet measured on a GPU.
-    Workers build only Triton (GPU) kernels, so a CPU has nothing to wait for."""
+    Workers build only Triton (GPU) kernels, so a CPU has nothing to wait for. When the cache holds every
+    kernel (a restart, or after the compile child), the wait may be all they cost: the benchmarks report it."""
     if device.type != "cuda":
-        return
+        return 0.0
     # Imported here: inductor is slow to import, and most runs never compile.
     from torch._inductor.async_compile import AsyncCompile
 
@@ -319,6 +322,7 @@ def start_compile_workers(device: torch.device) -> None:
         log.warning("inductor's compile workers did not start (%r); kernels are built on the compile thread", exc)
     else:
         log.info("compile workers ready after %.1f s", time.perf_counter() - started)
+    return time.perf_counter() - started
 
 
 def compiled_graph_count() -> int:

@@ -232,7 +232,7 @@ def test_compile_workers_take_jobs_once_started() -> None:
         "import torch\n"
         "from torch._inductor.async_compile import AsyncCompile\n"
         "from bot.engine.compiled import start_compile_workers\n"
-        "start_compile_workers(torch.device('cuda'))\n"
+        "assert start_compile_workers(torch.device('cuda')) > 0\n"
         "assert AsyncCompile.use_process_pool(), 'kernels would still be built on the compiling thread'\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
