@@ -45,7 +45,8 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from bench.streams import local_latency, time_stream
 from bot.engine.cache_filler import CompilePlan, fill_compile_cache
-from bot.engine.compiled import CompiledTwins, use_compile_cache
+from bot.engine.compile_cache import use_compile_cache
+from bot.engine.compiled import CompiledTwins
 from bot.engine.generation import generate, render
 from bot.engine.pipelines import Pipelines, assemble_pipelines, vae_dtype
 from bot.engine.requests import COUNT_RANGE, GenerationRequest, Kind, bucket_sizes, check_inputs
@@ -150,11 +151,12 @@ class Bench:
 
     def print_table(self) -> None:
         width = max(10, *map(len, COLUMNS))
-        print(f"| {'measure':<36} | " + " | ".join(f"{column:>{width}}" for column in COLUMNS) + " |")
-        print(f"|{'-' * 38}|" + "|".join("-" * (width + 2) for _ in COLUMNS) + "|")
+        label_width = max(len("measure"), *map(len, self.table))
+        print(f"| {'measure':<{label_width}} | " + " | ".join(f"{column:>{width}}" for column in COLUMNS) + " |")
+        print(f"|{'-' * (label_width + 2)}|" + "|".join("-" * (width + 2) for _ in COLUMNS) + "|")
         for row, values in self.table.items():
             cells = " | ".join(f"{values.get(column, ''):>{width}}" for column in COLUMNS)
-            print(f"| {row:<36} | {cells} |")
+            print(f"| {row:<{label_width}} | {cells} |")
 
 
 def split_count(images: int) -> list[int]:

@@ -35,7 +35,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from bench.gpu import DEFAULT_CONFIGS, STEPS, Bench, full_size_pipeline, ours_from, tiny_pipeline
 from bench.streams import time_stream
-from bot.engine.compiled import CompiledTwins, use_compile_cache
+from bot.engine.compile_cache import use_compile_cache
+from bot.engine.compiled import CompiledTwins
 from bot.engine.generation import _denoise, generate, render
 from bot.engine.images import encode_png
 from bot.engine.requests import GenerationRequest, Kind, bucket_sizes, check_inputs

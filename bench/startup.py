@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from bot.engine.compiled import compile_cache_counters  # noqa: E402
+from bot.engine.compile_cache import compile_cache_counters  # noqa: E402
 from bot.engine.generation import generate, warm_up  # noqa: E402
 from bot.engine.requests import Kind, bucket_sizes, check_inputs  # noqa: E402
 from bot.engine.service import load_engine  # noqa: E402

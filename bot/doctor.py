@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from huggingface_hub import try_to_load_from_cache
 
-from bot.engine.compiled import compile_cache_folder, prepare_writable_folder
+from bot.engine.compile_cache import compile_cache_folder, prepare_writable_folder
 from bot.engine.pipelines import ModelUnavailable, resolve_device
 from bot.engine.service import compile_enabled
 from bot.settings import Settings

@@ -11,7 +11,8 @@ serves seven aspect buckets at every batch size. These choices keep that cost aw
   are symbolic (`dynamic=True`), so one compilation covers every bucket and batch size; only batch 1 gets
   graphs of its own (torch specialises sizes of 1). Warming each bucket at batch 1 and at the largest batch
   checks that nothing else specialises, instead of compiling per shape.
-- A persistent cache: inductor keeps compiled kernels in `COMPILE_CACHE_DIR`, so a restart replays them.
+- A persistent cache: inductor keeps compiled kernels in `COMPILE_CACHE_DIR` (bot.engine.compile_cache), so a
+  restart replays them.
 - Styles: the twins' UNet and text encoders hold copies of the styles' LoRA adapter layers, switched by the
   twins' own `StyleAdapters`. Each LoRA style compiles the UNet blocks again (once per batch-size class);
   switching between styles then picks among compiled graphs and never recompiles.
@@ -30,20 +31,18 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import os
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TypeVar
 
 import torch
 from diffusers import StableDiffusionXLPipeline
 
 from bot.engine.adapters import StyleAdapters, adapter_of, is_adapter_weight
+from bot.engine.compile_cache import compile_cache_counters
 from bot.engine.pipelines import Pipelines, assemble_pipelines, pipeline_over
 from bot.engine.requests import GenerationRequest, Kind, check_inputs
 from bot.engine.thread_local_tracing import make_tracing_thread_local
@@ -74,52 +73,6 @@ def weight_sharing_twin(module: torch.nn.Module, own: Callable[[str], bool] = la
     named = [*module.named_parameters(), *module.named_buffers()]
     memo = {id(tensor): tensor for name, tensor in named if not own(name)}
     return copy.deepcopy(module, memo)
-
-
-def use_compile_cache(folder: Path) -> None:
-    """Point inductor's on-disk cache (compiled graphs and Triton kernels) at `compile_cache_folder(folder)`.
-    Must run before the first compilation.
-
-    A folder that cannot be written costs speed, not the start: the bot logs it and compiles into torch's
-    temporary folder, so only a restart pays (it compiles everything again)."""
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-
-    chosen = compile_cache_folder(folder)
-    try:
-        prepare_writable_folder(chosen)
-    except OSError as exc:
-        log.warning(
-            "the compile cache folder %s cannot be written (%s); compiled graphs go to %s, which a restart may"
-            " not find, and then it compiles everything again",
-            chosen,
-            exc.strerror or exc,
-            default_cache_dir(),
-        )
-        chosen = Path(default_cache_dir())
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(chosen.resolve())
-
-
-def compile_cache_folder(folder: Path) -> Path:
-    """Where compiled graphs are kept: `TORCHINDUCTOR_CACHE_DIR` where the operator set it, else `folder`
-    (`COMPILE_CACHE_DIR`).
-
-    Importing diffusers imports dynamo, which sets `TORCHINDUCTOR_CACHE_DIR` to torch's default (a folder in
-    /tmp) as it computes a path: so that value counts as unset. Taking any value as the operator's left
-    `COMPILE_CACHE_DIR` without effect, and in Docker the cache in the container's /tmp, gone at each restart."""
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-
-    chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    if chosen is None or os.path.abspath(chosen) == os.path.abspath(default_cache_dir()):
-        return folder
-    return Path(chosen)
-
-
-def prepare_writable_folder(folder: Path) -> None:
-    """Create `folder` and write a file in it. Raises OSError where either fails: a file in the way, no
-    permission, a read-only volume. Creating alone would pass a folder that exists but refuses writes."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryFile(dir=folder):
-        pass
 
 
 class CompiledTwins:
@@ -328,21 +281,3 @@ def start_compile_workers(device: torch.device) -> float:
 def compiled_graph_count() -> int:
     """Graphs dynamo has compiled in this process, whatever the thread."""
     return torch._dynamo.utils.counters["stats"]["unique_graphs"]
-
-
-def compile_cache_counters() -> dict[str, int]:
-    """How often inductor's graph cache and AOTAutograd's cache were hit, missed or bypassed in this process:
-    what the time to compiled speed depends on, after a restart or a cache filler's child."""
-    counters = torch._dynamo.utils.counters
-    return {
-        **{
-            f"graph_{key.removeprefix('fxgraph_cache_')}": n
-            for key, n in counters["inductor"].items()
-            if "fxgraph_cache" in key
-        },
-        **{
-            f"aot_{key.removeprefix('autograd_cache_')}": n
-            for key, n in counters["aot_autograd"].items()
-            if "autograd_cache" in key
-        },
-    }

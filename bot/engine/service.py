@@ -18,7 +18,8 @@ import torch
 
 from bot.engine.adapters import StyleAdapters
 from bot.engine.cache_filler import CompilePlan, fill_compile_cache, needs_filling
-from bot.engine.compiled import CompiledTwins, use_compile_cache
+from bot.engine.compile_cache import use_compile_cache
+from bot.engine.compiled import CompiledTwins
 from bot.engine.executor import BatchRunner, Executor, JobQueue
 from bot.engine.generation import generate, render, warm_up
 from bot.engine.pipelines import Pipelines, PromptRules, load_pipelines

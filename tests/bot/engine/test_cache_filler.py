@@ -21,7 +21,7 @@ pytestmark = pytest.mark.timeout(900)
 # settings of the environment: it reports what its compile read from the cache.
 START_AND_COMPILE = """
 import json
-from bot.engine.compiled import compile_cache_counters
+from bot.engine.compile_cache import compile_cache_counters
 from bot.engine.service import load_engine
 from bot.settings import Settings
 

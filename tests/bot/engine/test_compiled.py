@@ -3,7 +3,6 @@ loaded as a server with styles has it."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
@@ -21,7 +20,6 @@ from bot.engine.compiled import (
     CompiledTwins,
     compiled_graph_count,
     quick_gil_handoffs,
-    use_compile_cache,
     weight_sharing_twin,
 )
 from bot.engine.generation import generate, render
@@ -237,39 +235,3 @@ def test_compile_workers_take_jobs_once_started() -> None:
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-
-
-@pytest.mark.parametrize("operator_choice", [None, "operators-cache"])
-def test_the_compile_cache_is_where_settings_say_unless_the_operator_chose(
-    operator_choice: str | None, tmp_path: Path
-) -> None:
-    # In a process of its own, as the bot starts: importing diffusers first sets torch's default folder.
-    script = (
-        "import sys\n"
-        "from pathlib import Path\n"
-        "import diffusers\n"
-        "from torch._inductor.runtime.cache_dir_utils import cache_dir\n"
-        "from bot.engine.compiled import use_compile_cache\n"
-        "use_compile_cache(Path(sys.argv[1]))\n"
-        "print(cache_dir())\n"
-    )
-    env = {key: value for key, value in os.environ.items() if key != "TORCHINDUCTOR_CACHE_DIR"}
-    if operator_choice:
-        env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / operator_choice)
-    command = [sys.executable, "-c", script, str(tmp_path / "settings-cache")]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == str(tmp_path / (operator_choice or "settings-cache"))
-
-
-def test_a_compile_cache_folder_that_cannot_be_written_is_logged_and_torch_s_own_is_used(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-
-    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)  # restored afterwards, whatever the call sets
-    in_the_way = tmp_path / "a-file"
-    in_the_way.write_text("")
-    use_compile_cache(in_the_way / "compile-cache")
-    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(Path(default_cache_dir()).resolve())
-    assert f"the compile cache folder {in_the_way / 'compile-cache'} cannot be written" in caplog.text
