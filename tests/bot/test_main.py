@@ -77,7 +77,13 @@ def test_doctor_checks_the_optional_models_only_when_set(env_for, capsys, tmp_pa
     ],
 )
 def test_doctor_checks_the_compile_cache_folder_where_the_bot_compiles(
-    env_for, capsys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compile_setting: str, folder: str, verdict
+    env_for,
+    capsys,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    compile_setting: str,
+    folder: str,
+    verdict: str | None,
 ) -> None:
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     (tmp_path / "a-file").write_text("")
