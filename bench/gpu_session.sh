@@ -4,7 +4,8 @@
 #   diagnose: bench.gpu_probe (where one request's time and memory go, ours against plain diffusers, at 1 and
 #             8 images), then bench.decoders (the VAE against the tiny autoencoder at 1024x1024, batches 1 and 8);
 #   compile:  bench.gpu --compile-only (the twins' cold compile, and eager requests served meanwhile; a child
-#             process fills the compile cache first, as the bot does, or with COMPILE_IN=here it does not);
+#             process fills the compile cache first, as the bot does, or with COMPILE_IN=here it does not;
+#             CHILD_IMAGES=2 makes the child's batches as small as on a 40 or 48 GB card);
 #   knobs:    bench.knobs (CUDA graphs, channels last, cuDNN's algorithm search, fused QKV, PNG encoders), alone;
 #   table:    bench.knobs' PNG rows (this machine's CPU), then bench.gpu, the issue's table (plain, executor,
 #             tiny VAE, compiled, restarts, tiny+compiled), within BUDGET s.
@@ -41,8 +42,9 @@ step() {
 }
 
 if [ "$part" = compile ]; then
-    step $((budget + 20)) bench.gpu --configs "$configs" --budget "$budget" --workdir "/tmp/lcm-bench-${COMPILE_IN:-child}" \
-        --compile-only --compile-in "${COMPILE_IN:-child}"
+    step $((budget + 20)) bench.gpu --configs "$configs" --budget "$budget" \
+        --workdir "/tmp/lcm-bench-${COMPILE_IN:-child}${CHILD_IMAGES:-}" --compile-only --compile-in "${COMPILE_IN:-child}" \
+        ${CHILD_IMAGES:+--child-images "$CHILD_IMAGES"}
     exit
 fi
 if [ "$part" = knobs ]; then

@@ -13,8 +13,11 @@ A marker file per plan records that the cache was filled, so that a restart star
 cache emptied by hand) costs only speed: the serving process then compiles from a cold cache, as it would
 without a child. The cache keys are torch's, so a marker can never make a wrong graph run.
 
-The child needs a second copy of the weights on the GPU beside the serving process, so the engine starts one
-only where the free memory holds it (`COMPILE_CHILD`, `compile_child_wanted` in bot.engine.service).
+The child needs a second copy of the weights on the GPU beside the serving process, and a batch of its own, so
+the engine starts one only where the free memory holds them (`COMPILE_CHILD`, `compile_child_batch` in
+bot.engine.service). The child's batches may be smaller than the serving process's: at 2 images they compile
+the graphs of every batch size above 1 (`covering_batch_images`), so a card that cannot hold a second batch of
+8 may still hold a child.
 """
 
 from __future__ import annotations
@@ -49,6 +52,11 @@ MARKER_FOLDER = "filled-by-child"
 # input nor the marker file holds a secret (DISCORD_TOKEN, a password in REDIS_URL), and a change to any other
 # setting does not start another child.
 MODEL_SETTINGS = ("model_base", "model_unet", "model_vae", "model_tiny_vae", "device", "dtype", "base_resolution")
+# torch gives sizes of 1 graphs of their own, and every larger batch size one symbol, whose value the cache keys
+# leave out (its guards, such as "at least 2", are checked at lookup): the graphs compiled for 2 images are the
+# ones any larger batch looks up. On the CPU with the tiny model, a child at 2 images filled the cache for a
+# serving process at 4 and at 8 images: every graph and AOTAutograd entry hit, none missed.
+COVERING_BATCH_IMAGES = 2
 
 
 @dataclass(frozen=True)
@@ -101,12 +109,25 @@ def needs_filling(plan: CompilePlan) -> bool:
     return not marker_path(plan).exists()
 
 
-def fill_compile_cache(plan: CompilePlan, timeout: float = FILL_TIMEOUT) -> bool:
-    """Compile `plan` in a child process and wait for it (on the compile thread: waiting holds no GIL). True when
-    the cache is filled. A child that fails is logged and harmless: the serving process compiles as before."""
+def covering_batch_images(batch_images: int) -> int:
+    """The fewest images per batch that compile every graph a serving process at `batch_images` runs."""
+    return min(batch_images, COVERING_BATCH_IMAGES)
+
+
+def fill_compile_cache(plan: CompilePlan, child_batch_images: int, timeout: float = FILL_TIMEOUT) -> bool:
+    """Compile `plan` in a child process, its largest warm-up batches of `child_batch_images` (at least
+    `covering_batch_images`), and wait for it (on the compile thread: waiting holds no GIL). True when the cache
+    is filled. A child that fails is logged and harmless: the serving process compiles as before."""
     started = time.perf_counter()
-    log.info("compiling in a child process first, so that serving is not slowed down by the compiler")
-    command = [sys.executable, "-m", "bot.engine.cache_filler", str(os.getpid()), plan.settings.log_level]
+    log.info(
+        "compiling in a child process first (batches of up to %d images), so that serving is not slowed down by"
+        " the compiler",
+        child_batch_images,
+    )
+    command = [
+        *(sys.executable, "-m", "bot.engine.cache_filler"),
+        *(str(os.getpid()), plan.settings.log_level, str(child_batch_images)),
+    ]
     try:
         done = subprocess.run(command, input=plan.to_json(), text=True, timeout=timeout, check=False)
     except (OSError, subprocess.SubprocessError) as exc:
@@ -135,15 +156,16 @@ def exit_with_parent(parent: int, interval: float = PARENT_CHECK_INTERVAL) -> No
 
 def main() -> int:
     """The child: read the plan from standard input, compile it on this thread, exit 0 when compiled. Its
-    arguments: the parent's pid (a parent that ended before the child looked is noticed too), and the log level.
-    The compile cache folder is the parent's, which the environment carries (`use_compile_cache`)."""
-    parent, log_level = int(sys.argv[1]), sys.argv[2]
+    arguments: the parent's pid (a parent that ended before the child looked is noticed too), the log level, and
+    the images in its largest batches. The compile cache folder is the parent's, which the environment carries
+    (`use_compile_cache`)."""
+    parent, log_level, batch_images = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     exit_with_parent(parent)
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s compile child: %(message)s")
     plan = CompilePlan.from_json(sys.stdin.read())
     pipes = load_pipelines(plan.settings)
     pipes.styles = StyleAdapters.load(pipes.text2img, plan.styles)
-    twins = CompiledTwins(pipes, plan.buckets, plan.max_batch_images)
+    twins = CompiledTwins(pipes, plan.buckets, batch_images)
     return 0 if twins.compile_here(render) else 1
 
 

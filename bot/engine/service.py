@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from bot.engine.adapters import StyleAdapters
-from bot.engine.cache_filler import CompilePlan, fill_compile_cache, needs_filling
+from bot.engine.cache_filler import CompilePlan, covering_batch_images, fill_compile_cache, needs_filling
 from bot.engine.compile_cache import use_compile_cache
 from bot.engine.compiled import CompiledTwins
 from bot.engine.executor import BatchRunner, Executor, JobQueue
@@ -74,22 +74,38 @@ def batch_peak_gib(settings: Settings, batch_images: int) -> float:
     return GIB_DECODE_RESERVE + gib_per_image(settings) * batch_images
 
 
-def compile_child_wanted(settings: Settings, device: torch.device, batch_images: int) -> bool:
-    """`COMPILE_CHILD`; auto: on a CUDA GPU with room for the child (bot.engine.cache_filler) beside this process:
-    its copy of the weights, and a batch in each process at once. On an 80 GB card with batches of 8 there is
-    (about 4 + 2 x 20 GiB); on a 12 or 24 GB card there is not, and the compile runs in this process alone.
+def compile_child_batch(settings: Settings, device: torch.device, batch_images: int) -> int | None:
+    """The images in the compile child's largest warm-up batches (bot.engine.cache_filler); None: no child.
 
-    Not on a CPU: there the child's compile takes the cores the requests run on. With the tiny model on 2 cores
-    (`bench.gpu --tiny --compile-only`), requests served meanwhile took 1.57 s median and 14.0 s at worst with
-    a child, 1.26 and 3.0 s without, and compiled speed came after 266 against 173 s. A GPU's requests need a
-    core and the GIL to launch kernels; the child leaves them both."""
-    if settings.compile_child != "auto":
-        return settings.compile_child == "on"
+    `COMPILE_CHILD=on`: a child wherever it is, at the fewest images that compile the same graphs
+    (`covering_batch_images`), where it needs the least memory. `auto`: on a CUDA GPU where the child fits
+    (`child_batch_that_fits`). Not on a CPU: there the child's compile takes the cores the requests run on. With
+    the tiny model on 2 cores (`bench.gpu --tiny --compile-only`), requests served meanwhile took 1.57 s median
+    and 14.0 s at worst with a child, 1.26 and 3.0 s without, and compiled speed came after 266 against 173 s.
+    A GPU's requests need a core and the GIL to launch kernels; the child leaves them both."""
+    if settings.compile_child == "off":
+        return None
+    if settings.compile_child == "on":
+        return covering_batch_images(batch_images)
     if device.type != "cuda":
-        return False
+        return None
     free_bytes, _total = torch.cuda.mem_get_info(device)
     weights_gib = torch.cuda.memory_allocated(device) / GIB
-    return free_bytes / GIB >= weights_gib + 2 * batch_peak_gib(settings, batch_images)
+    return child_batch_that_fits(settings, batch_images, free_gib=free_bytes / GIB, weights_gib=weights_gib)
+
+
+def child_batch_that_fits(settings: Settings, batch_images: int, *, free_gib: float, weights_gib: float) -> int | None:
+    """The child's batch size where the free memory holds, at once, the child's copy of the weights, its batch,
+    and a batch of this process: this process's own batch size where that fits (the child then tunes its
+    kernels at the sizes that serve), else the fewest images that compile the same graphs, else None.
+
+    By `batch_peak_gib`'s estimate, at batches of 8: an 80 GB card holds the first (about 4 + 20 + 20 GiB), a
+    40 or 48 GB card the second (4 + 20 + 8), a 24 or 32 GB card neither."""
+    for child_images in dict.fromkeys([batch_images, covering_batch_images(batch_images)]):
+        needed = weights_gib + batch_peak_gib(settings, batch_images) + batch_peak_gib(settings, child_images)
+        if free_gib >= needed:
+            return child_images
+    return None
 
 
 def load_engine(settings: Settings) -> tuple[Pipelines, int]:
@@ -104,8 +120,9 @@ def load_engine(settings: Settings) -> tuple[Pipelines, int]:
         use_compile_cache(settings.compile_cache_dir)
         pipes.compiled = CompiledTwins(pipes, buckets, batch_images)
         plan = CompilePlan(settings, buckets, batch_images, pipes.styles.book)
-        if needs_filling(plan) and compile_child_wanted(settings, pipes.device, batch_images):
-            fill_cache = functools.partial(fill_compile_cache, plan)
+        child_images = compile_child_batch(settings, pipes.device, batch_images) if needs_filling(plan) else None
+        if child_images is not None:
+            fill_cache = functools.partial(fill_compile_cache, plan, child_images)
     freeze_loaded_objects()
     if pipes.compiled is not None:
         pipes.compiled.start(render, fill_cache)

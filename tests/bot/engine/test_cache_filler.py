@@ -63,7 +63,7 @@ def test_a_plan_is_filled_once_and_another_plan_is_not(plan: CompilePlan) -> Non
 
 def test_a_child_that_fails_leaves_no_marker(plan: CompilePlan, tmp_path: Path) -> None:
     broken = dataclasses.replace(plan, settings=plan.settings.model_copy(update={"model_unet": str(tmp_path / "x")}))
-    assert fill_compile_cache(broken, timeout=300) is False
+    assert fill_compile_cache(broken, child_batch_images=2, timeout=300) is False
     assert needs_filling(broken)
 
 
@@ -106,7 +106,7 @@ def start_and_compile(env_for, tmp_path: Path) -> dict:
         COMPILE="on",
         COMPILE_CHILD="on",
         COMPILE_CACHE_DIR=str(tmp_path / "cache"),
-        MAX_BATCH_IMAGES="2",
+        MAX_BATCH_IMAGES="3",  # the child's batches hold 2 (`covering_batch_images`): its graphs serve 3 too
         LOG_LEVEL="WARNING",
     )
     done = subprocess.run([sys.executable, "-c", START_AND_COMPILE], capture_output=True, text=True, timeout=850)

@@ -9,7 +9,14 @@ import torch
 
 from bot.engine import generation
 from bot.engine.requests import Kind, check_inputs
-from bot.engine.service import choose_batch_images, compile_child_wanted, compile_enabled, load_engine, open_engine
+from bot.engine.service import (
+    child_batch_that_fits,
+    choose_batch_images,
+    compile_child_batch,
+    compile_enabled,
+    load_engine,
+    open_engine,
+)
 from bot.settings import Settings
 
 
@@ -28,13 +35,26 @@ def test_compiling_is_automatic_on_gpus_only(settings: Settings, setting: str, d
 
 @pytest.mark.parametrize(
     ("setting", "device", "expected"),
-    [("auto", "cpu", False), ("on", "cpu", True), ("off", "cuda", False), ("on", "cuda", True)],
+    [("auto", "cpu", None), ("on", "cpu", 2), ("off", "cuda", None), ("on", "cuda", 2)],
 )
 def test_a_compile_child_is_asked_for_or_automatic_on_gpus_only(
-    settings: Settings, setting: str, device: str, expected: bool
+    settings: Settings, setting: str, device: str, expected: int | None
 ) -> None:
-    wanted = compile_child_wanted(settings.model_copy(update={"compile_child": setting}), torch.device(device), 4)
-    assert wanted is expected
+    child = compile_child_batch(settings.model_copy(update={"compile_child": setting}), torch.device(device), 4)
+    assert child == expected
+
+
+@pytest.mark.parametrize(
+    ("card_gib", "batch_images", "expected"),
+    [(80, 8, 8), (48, 8, 2), (40, 8, 2), (32, 8, None), (24, 7, None), (80, 1, 1)],
+)
+def test_the_compile_child_batches_at_the_bot_s_size_where_it_fits_else_at_2(
+    settings: Settings, card_gib: int, batch_images: int, expected: int | None
+) -> None:
+    # After loading: about 4.1 GiB of weights, and half a GiB of the card gone to the CUDA context.
+    at_1024 = settings.model_copy(update={"base_resolution": 1024})
+    fits = child_batch_that_fits(at_1024, batch_images, free_gib=card_gib - 4.6, weights_gib=4.1)
+    assert fits == expected
 
 
 def test_load_engine_freezes_the_loaded_heap(settings: Settings) -> None:
