@@ -115,19 +115,17 @@ def covering_batch_images(batch_images: int) -> int:
 
 
 def fill_compile_cache(plan: CompilePlan, child_batch_images: int, timeout: float = FILL_TIMEOUT) -> bool:
-    """Compile `plan` in a child process, its largest warm-up batches of `child_batch_images` (at least
-    `covering_batch_images`), and wait for it (on the compile thread: waiting holds no GIL). True when the cache
-    is filled. A child that fails is logged and harmless: the serving process compiles as before."""
+    """Compile `plan` in a child process whose largest warm-up batches hold `child_batch_images` images (no fewer
+    than `covering_batch_images`), and wait for it (on the compile thread: waiting holds no GIL). True when the
+    cache is filled. A child that fails is logged and harmless: the serving process compiles as before."""
     started = time.perf_counter()
     log.info(
         "compiling in a child process first (batches of up to %d images), so that serving is not slowed down by"
         " the compiler",
         child_batch_images,
     )
-    command = [
-        *(sys.executable, "-m", "bot.engine.cache_filler"),
-        *(str(os.getpid()), plan.settings.log_level, str(child_batch_images)),
-    ]
+    arguments = [str(os.getpid()), plan.settings.log_level, str(child_batch_images)]
+    command = [sys.executable, "-m", "bot.engine.cache_filler", *arguments]
     try:
         done = subprocess.run(command, input=plan.to_json(), text=True, timeout=timeout, check=False)
     except (OSError, subprocess.SubprocessError) as exc:
