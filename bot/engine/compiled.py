@@ -29,7 +29,6 @@ serves seven aspect buckets at every batch size. These choices keep that cost aw
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import sys
 import threading
@@ -46,6 +45,7 @@ from bot.engine.compile_cache import compile_cache_counters
 from bot.engine.pipelines import Pipelines, assemble_pipelines, pipeline_over
 from bot.engine.requests import GenerationRequest, Kind, check_inputs
 from bot.engine.thread_local_tracing import make_tracing_thread_local
+from bot.engine.weight_sharing import weight_sharing_twin
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +65,6 @@ class BatchShape:
     width: int
     height: int
     adapter: str | None = None
-
-
-def weight_sharing_twin(module: torch.nn.Module, own: Callable[[str], bool] = lambda name: False) -> torch.nn.Module:
-    """A deep copy of `module`'s structure whose parameters and buffers are the very same tensors, except the ones
-    whose names `own` picks: those are copied."""
-    named = [*module.named_parameters(), *module.named_buffers()]
-    memo = {id(tensor): tensor for name, tensor in named if not own(name)}
-    return copy.deepcopy(module, memo)
 
 
 class CompiledTwins:

@@ -20,7 +20,6 @@ from bot.engine.compiled import (
     CompiledTwins,
     compiled_graph_count,
     quick_gil_handoffs,
-    weight_sharing_twin,
 )
 from bot.engine.generation import generate, render
 from bot.engine.pipelines import Pipelines, load_pipelines
@@ -62,14 +61,6 @@ def twins(pipes: Pipelines, buckets) -> CompiledTwins:
 def served_by(pipes: Pipelines, twins: CompiledTwins, monkeypatch: pytest.MonkeyPatch) -> Iterator[CompiledTwins]:
     monkeypatch.setattr(pipes, "compiled", twins)
     yield twins
-
-
-def test_twin_shares_every_tensor_but_no_module(pipes: Pipelines) -> None:
-    unet = pipes.text2img.unet
-    twin = weight_sharing_twin(unet)
-    assert twin is not unet and twin.down_blocks[0] is not unet.down_blocks[0]
-    for (name, ours), (_, theirs) in zip(unet.named_parameters(), twin.named_parameters(), strict=True):
-        assert ours is theirs, name
 
 
 def test_warm_up_compiles_per_batch_size_not_per_aspect(twins: CompiledTwins) -> None:
