@@ -14,7 +14,12 @@ switch touches no weights there, only the adapter layers, so the full-size tree 
 machine (fusing and hotswapping need real weights).
 
 Table 2, on the tiny model: one-step batches of one image that keep one style against batches that alternate
-two, so the switch shows as the difference.
+two, so the switch shows as the difference; with the style computed by peft's adapter layers, and fused into
+the weights of the fused-style UNet (bot.engine.fused_styles), whose switch adds the style to a copy of them.
+
+Table 3: what a style costs a UNet forward at batch 1, computed by peft's layers or fused. On SSD-1B's module
+tree with narrow layers (a tenth of the channels) on one CPU thread, where, as on a GPU at batch 1, the time goes
+to running operations one by one rather than to their arithmetic, so their count decides it.
 """
 
 from __future__ import annotations
@@ -31,11 +36,12 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
-from diffusers import StableDiffusionXLPipeline
+from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
 from peft import LoraConfig
 
 from bench.gpu import DEFAULT_CONFIGS, full_size_pipeline
 from bot.engine.adapters import StyleAdapters
+from bot.engine.fused_styles import FusedStyles, FusedUNet, adapter_free_twin
 from bot.engine.generation import generate
 from bot.engine.pipelines import load_pipelines
 from bot.engine.requests import Kind, bucket_sizes, check_inputs
@@ -46,15 +52,20 @@ from tests.support.tiny_model import build_tiny_lora, build_tiny_model
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # the attention projections, as most style LoRAs train
 TINY_RANK = 4
+NARROWING = 10  # SSD-1B's channels divided by this for Table 3: 32, 64, 128
+FORWARD_ROUNDS = 5
 
 
-def milliseconds(run: Callable[[], object], repeats: int) -> float:
+def milliseconds(
+    run: Callable[[], object], repeats: int, summary: Callable[[list[float]], float] = statistics.median
+) -> float:
+    """`summary` (the median, or the best: what is left after a shared machine's interruptions) of `repeats`."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         run()
         times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
+    return summary(times) * 1000
 
 
 def diffusers_switch(pipe: StableDiffusionXLPipeline, style: Style | None) -> None:
@@ -126,6 +137,66 @@ def full_size_adapters(configs: Path, workdir: Path) -> tuple[StableDiffusionXLP
     return pipe, StyleAdapters(pipe, book)
 
 
+def narrow_unet(configs: Path) -> UNet2DConditionModel:
+    """SSD-1B's UNet with every block and layer in place but a tenth of the channels: the same operations, each
+    with little to compute, with two rank-8 style adapters on its attention projections."""
+    config = dict(UNet2DConditionModel.load_config(configs / "unet"))
+    channels = [width // NARROWING for width in config["block_out_channels"]]
+    text_width = 64
+    config.update(
+        block_out_channels=channels,
+        attention_head_dim=[2, 4, 8],
+        cross_attention_dim=text_width,
+        addition_time_embed_dim=16,
+        projection_class_embeddings_input_dim=6 * 16 + text_width,  # six size/crop numbers and the pooled text
+        norm_num_groups=8,
+    )
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_config(config).eval()
+    for name in ("s0", "s1"):
+        # LoRA B starts at zero, which would make the fused and the peft forward trivially alike
+        unet.add_adapter(LoraConfig(r=8, lora_alpha=8, target_modules=LORA_TARGETS, init_lora_weights=False), name)
+    unet.eval()
+    return unet
+
+
+def forward_costs(unet: UNet2DConditionModel) -> tuple[dict[str, float], float]:
+    """Best ms of one forward at batch 1 on one thread: no style, through peft's layers (off) and on the
+    adapter-free twin; style s0 through peft's layers and fused. The ways take turns. Also the largest difference
+    between the last two outputs."""
+    config = unet.config
+    inputs = {
+        "sample": torch.randn(1, 4, 16, 16),
+        "timestep": torch.tensor(999),
+        "encoder_hidden_states": torch.randn(1, 77, config.cross_attention_dim),
+        "timestep_cond": torch.randn(1, config.time_cond_proj_dim),
+        "added_cond_kwargs": {"text_embeds": torch.randn(1, 64), "time_ids": torch.randn(1, 6)},
+    }
+    fused = FusedUNet(unet)
+    fused.fuse("s0", 1.0)
+    unet.set_adapter("s0")
+    ways = {
+        "no style, peft's layers": (unet, False),
+        "no style, adapter-free": (adapter_free_twin(unet), False),
+        "style, peft's layers": (unet, True),
+        "style, fused": (fused.unet, False),
+    }
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    samples: dict[str, list[float]] = {way: [] for way in ways}
+    try:
+        with torch.no_grad():
+            for _ in range(FORWARD_ROUNDS):
+                for way, (model, adapted) in ways.items():
+                    unet.enable_adapters() if adapted else unet.disable_adapters()
+                    samples[way].append(milliseconds(lambda model=model: model(**inputs), 10, min))
+            unet.enable_adapters()
+            difference = (unet(**inputs).sample - fused.unet(**inputs).sample).abs().max().item()
+    finally:
+        torch.set_num_threads(threads)
+    return {way: min(times) for way, times in samples.items()}, difference
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--switches", type=int, default=100)
@@ -157,10 +228,15 @@ def main() -> None:
             request = check_inputs(Kind.IMAGINE, "a fox", buckets=buckets, steps=1, style=style, styles=book)
             generate(pipes, [request])
 
-        batch("s0")
-        same = milliseconds(lambda: batch("s0"), 30)
-        names = cycle(["s0", "s1"])
-        alternating = milliseconds(lambda: batch(next(names)), 30)
+        batches = {}
+        for path in ("peft's layers", "fused"):
+            if path == "fused":
+                pipes.fused_styles = FusedStyles(pipes, fuse=True)
+            batch("s0")
+            batches[path, "same style as the batch before"] = milliseconds(lambda: batch("s0"), 30)
+            alternate = cycle(["s0", "s1"])
+            batches[path, "style alternating"] = milliseconds(lambda names=alternate: batch(next(names)), 30)
+        pipes.fused_styles = None
 
         # Last: a fuse and unfuse leaves these weights changed
         tiny["fuse + unfuse"], changed, fused = fuse_cost(pipes.text2img, pipes.styles.style("s0"), args.switches)
@@ -175,10 +251,20 @@ def main() -> None:
         print(f"| {way:<14} | {ms:>10.2f} | {full_ms:>24} |")
     print(f"after {args.switches} fuse + unfuse round trips, {changed} of the {fused} weights fused into differ")
     print("\none-step batch of one image, tiny model on the CPU, median of 30, ms")
-    print(f"| {'batch':<34} | {'ms':>8} |")
-    print(f"|{'-' * 36}|{'-' * 10}|")
-    print(f"| {'same style as the batch before':<34} | {same:>8.2f} |")
-    print(f"| {'style alternating':<34} | {alternating:>8.2f} |")
+    print(f"| {'batch':<34} | {'style':<14} | {'ms':>8} |")
+    print(f"|{'-' * 36}|{'-' * 16}|{'-' * 10}|")
+    for (path, batch_name), ms in batches.items():
+        print(f"| {batch_name:<34} | {path:<14} | {ms:>8.2f} |")
+
+    forwards, difference = forward_costs(narrow_unet(args.configs))
+    print(f"\none UNet forward at batch 1, SSD-1B's module tree at 1/{NARROWING} of its channels, one CPU thread,")
+    print(f"best of {FORWARD_ROUNDS} rounds of 10, ms")
+    first = next(iter(forwards.values()))
+    print(f"| {'forward':<24} | {'ms':>8} | {'vs first':>8} |")
+    print(f"|{'-' * 26}|{'-' * 10}|{'-' * 10}|")
+    for way, ms in forwards.items():
+        print(f"| {way:<24} | {ms:>8.2f} | {ms / first:>7.2f}x |")
+    print(f"fused against peft's layers: largest difference {difference:.2e}")
 
 
 if __name__ == "__main__":

@@ -80,7 +80,6 @@ def _denoise(
 ) -> torch.Tensor:
     """Latents for every image of the batch, from one call of the task's pipeline."""
     first = requests[0]
-    pipe = pipes.for_kind(first.kind)
     task_inputs: dict[str, object] = {}
     if first.kind is not Kind.IMAGINE:
         # Starting latents come from our codec (see bot.engine.vae); diffusers takes 4-channel input as latents.
@@ -90,6 +89,7 @@ def _denoise(
         task_inputs["mask_image"] = [request.mask for request in requests]
     style = pipes.styles.style(first.style)
     pipes.styles.activate(style)
+    pipe = pipes.for_kind(first.kind, style)
     prompts, negatives = [], []
     for request in requests:
         prompt, negative = (

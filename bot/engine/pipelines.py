@@ -33,6 +33,8 @@ from bot.settings import Settings
 
 if TYPE_CHECKING:
     from bot.engine.compiled import CompiledTwins
+    from bot.engine.fused_styles import FusedStyles
+    from bot.styles import Style
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +80,8 @@ class PromptRules:
 @dataclass
 class Pipelines:
     """The three task pipelines (sharing components), the VAE codec that does all pixel work, and, once
-    `bot.engine.service` builds them, the compiled twins that take over the shapes they cover."""
+    `bot.engine.service` builds them, the compiled twins that take over the shapes they cover and the fused-style
+    UNet that runs the styled batches they leave."""
 
     text2img: StableDiffusionXLPipeline
     img2img: StableDiffusionXLImg2ImgPipeline
@@ -90,8 +93,12 @@ class Pipelines:
     embeddings: TextEmbeddingCache
     compiled: CompiledTwins | None = None
     styles: StyleAdapters = field(default_factory=StyleAdapters)
+    fused_styles: FusedStyles | None = None
 
-    def for_kind(self, kind: Kind) -> DiffusionPipeline:
+    def for_kind(self, kind: Kind, style: Style | None = None) -> DiffusionPipeline:
+        """The task's pipeline for a batch in `style`: over the fused-style UNet where it holds the style's LoRA."""
+        if self.fused_styles is not None and (fused := self.fused_styles.pipeline(kind, style)) is not None:
+            return fused
         return {Kind.IMAGINE: self.text2img, Kind.REMIX: self.img2img, Kind.INPAINT: self.inpaint}[kind]
 
     @property
@@ -161,10 +168,7 @@ def assemble_pipelines(
     text2img.to(device)
     if decoder is not None:
         decoder.to(device)
-    img2img = pipeline_over(StableDiffusionXLImg2ImgPipeline, text2img)
-    inpaint = pipeline_over(StableDiffusionXLInpaintPipeline, text2img)
-    for pipe in (text2img, img2img, inpaint):
-        pipe.set_progress_bar_config(disable=True)
+    img2img, inpaint = task_pipelines(text2img)
     return Pipelines(
         text2img=text2img,
         img2img=img2img,
@@ -175,6 +179,18 @@ def assemble_pipelines(
         model_name=model_name,
         embeddings=embeddings or TextEmbeddingCache(),
     )
+
+
+def task_pipelines(
+    text2img: StableDiffusionXLPipeline,
+) -> tuple[StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline]:
+    """Image-to-image and inpainting over the very components of `text2img`; none of the three shows a progress
+    bar (the bot serves; nobody watches a terminal)."""
+    img2img = pipeline_over(StableDiffusionXLImg2ImgPipeline, text2img)
+    inpaint = pipeline_over(StableDiffusionXLInpaintPipeline, text2img)
+    for pipe in (text2img, img2img, inpaint):
+        pipe.set_progress_bar_config(disable=True)
+    return img2img, inpaint
 
 
 def pipeline_over(cls: type[SharingPipeline], pipe: StableDiffusionXLPipeline, **replaced: object) -> SharingPipeline:

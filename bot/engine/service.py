@@ -21,6 +21,7 @@ from bot.engine.cache_filler import CompilePlan, covering_batch_images, fill_com
 from bot.engine.compile_cache import use_compile_cache
 from bot.engine.compiled import CompiledTwins
 from bot.engine.executor import BatchRunner, Executor, JobQueue
+from bot.engine.fused_styles import FusedStyles, fusable_adapters, fused_weight_bytes, tuner_layers
 from bot.engine.generation import generate, render, warm_up
 from bot.engine.pipelines import Pipelines, PromptRules, load_pipelines
 from bot.engine.requests import bucket_sizes
@@ -108,6 +109,35 @@ def child_batch_that_fits(settings: Settings, batch_images: int, *, free_gib: fl
     return None
 
 
+def fused_styles_that_fit(settings: Settings, pipes: Pipelines, batch_images: int) -> FusedStyles | None:
+    """UNets without peft's adapter layers (bot.engine.fused_styles), where styles brought adapter layers: the
+    adapter-free twin costs no memory, and the fused UNet only where its own weights leave batches of
+    `batch_images` their room, since it makes styled batches faster and must not make every batch smaller."""
+    unet = pipes.text2img.unet
+    if not tuner_layers(unet):
+        return None
+    fuse = bool(fusable_adapters(unet))
+    fused_gib = fused_weight_bytes(unet) / GIB
+    if fuse and pipes.device.type == "cuda":
+        free_bytes, _total = torch.cuda.mem_get_info(pipes.device)
+        fuse = room_beside_batches(settings, batch_images, free_gib=free_bytes / GIB, needed_gib=fused_gib)
+        if not fuse:
+            log.info(
+                "styles compute their LoRAs in adapter layers: fusing them needs %.2f GiB, which batches of %d "
+                "images need",
+                fused_gib,
+                batch_images,
+            )
+    if fuse:
+        log.info("styles' LoRAs are fused into %.2f GiB of UNet weights of their own", fused_gib)
+    return FusedStyles(pipes, fuse=fuse)
+
+
+def room_beside_batches(settings: Settings, batch_images: int, *, free_gib: float, needed_gib: float) -> bool:
+    """Whether `needed_gib` more leaves batches of `batch_images` the memory `batch_peak_gib` gives them."""
+    return free_gib - needed_gib >= batch_peak_gib(settings, batch_images)
+
+
 def load_engine(settings: Settings) -> tuple[Pipelines, int]:
     """Blocking part of start-up: load weights, pick the batch size, start compiling (run it in a thread).
     Warming up is the serving thread's job: `warm_up_serving_thread`."""
@@ -115,6 +145,7 @@ def load_engine(settings: Settings) -> tuple[Pipelines, int]:
     pipes.styles = StyleAdapters.load(pipes.text2img, read_style_book(settings))
     buckets = bucket_sizes(settings.base_resolution)
     batch_images = choose_batch_images(settings, pipes.device)
+    pipes.fused_styles = fused_styles_that_fit(settings, pipes, batch_images)
     fill_cache = None
     if compile_enabled(settings, pipes.device):
         use_compile_cache(settings.compile_cache_dir)

@@ -16,6 +16,7 @@ from bot.engine.service import (
     compile_enabled,
     load_engine,
     open_engine,
+    room_beside_batches,
 )
 from bot.settings import Settings
 
@@ -55,6 +56,28 @@ def test_the_compile_child_batches_at_the_bot_s_size_where_it_fits_else_at_2(
     at_1024 = settings.model_copy(update={"base_resolution": 1024})
     fits = child_batch_that_fits(at_1024, batch_images, free_gib=card_gib - 4.6, weights_gib=4.1)
     assert fits == expected
+
+
+@pytest.mark.parametrize(("free_gib", "batch_images", "expected"), [(75.0, 8, True), (16.5, 6, False), (17.5, 6, True)])
+def test_styles_are_fused_only_where_the_batches_keep_their_room(
+    settings: Settings, free_gib: float, batch_images: int, expected: bool
+) -> None:
+    # Batches of 6 images at 1024x1024 are given 16 GiB; a LoRA on SSD-1B's attention projections fuses into
+    # 0.81 GiB of weights.
+    at_1024 = settings.model_copy(update={"base_resolution": 1024})
+    assert room_beside_batches(at_1024, batch_images, free_gib=free_gib, needed_gib=0.81) is expected
+
+
+def test_load_engine_fuses_lora_styles_only(settings: Settings, loras, tmp_path) -> None:
+    styles = tmp_path / "styles.toml"
+    styles.write_text(
+        f'[[style]]\nname = "ink"\ndescription = "Ink"\nlora = "{loras["ink"]}"\n'
+        '[[style]]\nname = "rain"\ndescription = "Rain"\ntemplate = "{prompt}, in the rain"\n'
+    )
+    pipes, _ = load_engine(settings.model_copy(update={"styles_file": styles}))
+    assert pipes.fused_styles is not None and pipes.fused_styles.fused.adapters == {"ink"}
+    unstyled, _ = load_engine(settings.model_copy(update={"styles_file": tmp_path / "none.toml"}))
+    assert unstyled.fused_styles is None
 
 
 def test_load_engine_freezes_the_loaded_heap(settings: Settings) -> None:
