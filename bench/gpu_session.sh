@@ -6,7 +6,8 @@
 #   compile:  bench.gpu --compile-only (the twins' cold compile, and eager requests served meanwhile; a child
 #             process fills the compile cache first, as the bot does, or with COMPILE_IN=here it does not;
 #             CHILD_IMAGES=2 makes the child's batches as small as on a 40 or 48 GB card);
-#   knobs:    bench.knobs (CUDA graphs, channels last, cuDNN's algorithm search, fused QKV, PNG encoders), alone;
+#   knobs:    bench.knobs (CUDA graphs, channels last, cuDNN's algorithm search, fused QKV, PNG encoders), then
+#             bench.styles' forward table (a style through peft's layers against fused, batches of 1 and 8);
 #   table:    bench.knobs' PNG rows (this machine's CPU), then bench.gpu, the issue's table (plain, executor,
 #             tiny VAE, compiled, restarts, tiny+compiled), within BUDGET s.
 # Each step has its own time limit, so one that hangs costs only its share. With CACHE_KEY_LOG=FILE, torch logs
@@ -49,6 +50,7 @@ if [ "$part" = compile ]; then
 fi
 if [ "$part" = knobs ]; then
     step 200 bench.knobs --configs "$configs" --device cuda
+    step 150 bench.styles --configs "$configs" --device cuda
     exit
 fi
 if [ "$part" != table ]; then

@@ -1,6 +1,7 @@
 """What switching style costs between two batches, four ways.
 
     .venv/bin/python -m bench.styles [--switches 100] [--configs DIR]
+    python -m bench.styles --device cuda [--configs DIR]    # Table 3 alone, at full size on the GPU
 
 Table 1, one switch, median ms on this machine's CPU (a switch is Python work between batches):
 - ours: `StyleAdapters.activate`, cycling through two LoRA styles and none;
@@ -19,7 +20,9 @@ the weights of the fused-style UNet (bot.engine.fused_styles), whose switch adds
 
 Table 3: what a style costs a UNet forward at batch 1, computed by peft's layers or fused. On SSD-1B's module
 tree with narrow layers (a tenth of the channels) on one CPU thread, where, as on a GPU at batch 1, the time goes
-to running operations one by one rather than to their arithmetic, so their count decides it.
+to running operations one by one rather than to their arithmetic, so their count decides it. With
+`--device cuda`, on the GPU at full size (float16, 1024x1024), at batches of 1 and 8. Each run also times a
+switch of the fused UNet from one style to another.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # the attention projections
 TINY_RANK = 4
 NARROWING = 10  # SSD-1B's channels divided by this for Table 3: 32, 64, 128
 FORWARD_ROUNDS = 5
+TIMING = f"best of {FORWARD_ROUNDS} rounds of 10, ms; a switch: median of 10"
 
 
 def milliseconds(
@@ -137,41 +141,56 @@ def full_size_adapters(configs: Path, workdir: Path) -> tuple[StableDiffusionXLP
     return pipe, StyleAdapters(pipe, book)
 
 
-def narrow_unet(configs: Path) -> UNet2DConditionModel:
+def adapted_unet(config: dict, device: torch.device, dtype: torch.dtype) -> UNet2DConditionModel:
+    """A random UNet of `config` with two random rank-8 style adapters, s0 and s1, on its attention projections
+    (peft's default starts LoRA B at zero, which would make fused and peft's forward trivially alike)."""
+    torch.manual_seed(0)
+    with torch.device(device):
+        unet = UNet2DConditionModel.from_config(config).to(dtype)
+        for name in ("s0", "s1"):
+            unet.add_adapter(LoraConfig(r=8, lora_alpha=8, target_modules=LORA_TARGETS, init_lora_weights=False), name)
+    return unet.eval()
+
+
+def narrow_config(configs: Path) -> dict:
     """SSD-1B's UNet with every block and layer in place but a tenth of the channels: the same operations, each
-    with little to compute, with two rank-8 style adapters on its attention projections."""
+    with little to compute."""
     config = dict(UNet2DConditionModel.load_config(configs / "unet"))
-    channels = [width // NARROWING for width in config["block_out_channels"]]
     text_width = 64
     config.update(
-        block_out_channels=channels,
+        block_out_channels=[width // NARROWING for width in config["block_out_channels"]],
         attention_head_dim=[2, 4, 8],
         cross_attention_dim=text_width,
         addition_time_embed_dim=16,
         projection_class_embeddings_input_dim=6 * 16 + text_width,  # six size/crop numbers and the pooled text
         norm_num_groups=8,
     )
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel.from_config(config).eval()
-    for name in ("s0", "s1"):
-        # LoRA B starts at zero, which would make the fused and the peft forward trivially alike
-        unet.add_adapter(LoraConfig(r=8, lora_alpha=8, target_modules=LORA_TARGETS, init_lora_weights=False), name)
-    unet.eval()
-    return unet
+    return config
 
 
-def forward_costs(unet: UNet2DConditionModel) -> tuple[dict[str, float], float]:
-    """Best ms of one forward at batch 1 on one thread: no style, through peft's layers (off) and on the
-    adapter-free twin; style s0 through peft's layers and fused. The ways take turns. Also the largest difference
-    between the last two outputs."""
+def forward_inputs(unet: UNet2DConditionModel, images: int, latent_side: int) -> dict:
     config = unet.config
-    inputs = {
-        "sample": torch.randn(1, 4, 16, 16),
-        "timestep": torch.tensor(999),
-        "encoder_hidden_states": torch.randn(1, 77, config.cross_attention_dim),
-        "timestep_cond": torch.randn(1, config.time_cond_proj_dim),
-        "added_cond_kwargs": {"text_embeds": torch.randn(1, 64), "time_ids": torch.randn(1, 6)},
+    pooled = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
+
+    def random(*shape: int) -> torch.Tensor:
+        return torch.randn(images, *shape, device=unet.device, dtype=unet.dtype)
+
+    return {
+        "sample": random(4, latent_side, latent_side),
+        "timestep": torch.tensor(999, device=unet.device),
+        "encoder_hidden_states": random(77, config.cross_attention_dim),
+        "timestep_cond": random(config.time_cond_proj_dim),
+        "added_cond_kwargs": {"text_embeds": random(pooled), "time_ids": random(6)},
     }
+
+
+def forward_costs(unet: UNet2DConditionModel, inputs: dict) -> tuple[dict[str, float], float, float]:
+    """Best ms of one forward: no style, through peft's layers (off) and on the adapter-free twin; style s0
+    through peft's layers and fused; then a switch of the fused UNet between s0 and s1. The forwards take turns.
+    Also the switch's median ms, and the largest difference between the last two forwards' outputs. On a CPU, on
+    one thread."""
+    on_gpu = unet.device.type == "cuda"
+    finish = torch.cuda.synchronize if on_gpu else lambda: None
     fused = FusedUNet(unet)
     fused.fuse("s0", 1.0)
     unet.set_adapter("s0")
@@ -182,26 +201,54 @@ def forward_costs(unet: UNet2DConditionModel) -> tuple[dict[str, float], float]:
         "style, fused": (fused.unet, False),
     }
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    if not on_gpu:
+        torch.set_num_threads(1)
     samples: dict[str, list[float]] = {way: [] for way in ways}
     try:
         with torch.no_grad():
             for _ in range(FORWARD_ROUNDS):
                 for way, (model, adapted) in ways.items():
                     unet.enable_adapters() if adapted else unet.disable_adapters()
-                    samples[way].append(milliseconds(lambda model=model: model(**inputs), 10, min))
+                    samples[way].append(milliseconds(lambda model=model: (model(**inputs), finish()), 10, min))
             unet.enable_adapters()
             difference = (unet(**inputs).sample - fused.unet(**inputs).sample).abs().max().item()
+            styles = cycle(["s1", "s0"])
+            switch = milliseconds(lambda: (fused.fuse(next(styles), 1.0), finish()), 10)
     finally:
         torch.set_num_threads(threads)
-    return {way: min(times) for way, times in samples.items()}, difference
+    return {way: min(times) for way, times in samples.items()}, switch, difference
+
+
+def print_forward_table(title: str, forwards: dict[str, float], switch: float, difference: float) -> None:
+    first = next(iter(forwards.values()))
+    print(f"\n{title}")
+    print(f"| {'forward':<24} | {'ms':>8} | {'vs first':>8} |")
+    print(f"|{'-' * 26}|{'-' * 10}|{'-' * 10}|")
+    for way, ms in forwards.items():
+        print(f"| {way:<24} | {ms:>8.2f} | {ms / first:>7.2f}x |")
+    print(f"a switch of the fused UNet to another style: {switch:.2f} ms")
+    print(f"fused against peft's layers: largest difference {difference:.2e}")
+
+
+def gpu_forwards(configs: Path) -> None:
+    """Table 3 on the GPU, at full size: SSD-1B's UNet in float16 at 1024x1024, batches of 1 and 8."""
+    unet = adapted_unet(dict(UNet2DConditionModel.load_config(configs / "unet")), torch.device("cuda"), torch.half)
+    print(torch.cuda.get_device_name())
+    for images in (1, 8):
+        forwards, switch, difference = forward_costs(unet, forward_inputs(unet, images, 128))
+        title = f"one UNet forward, SSD-1B at 1024x1024, {images} image(s), float16,"
+        print_forward_table(f"{title} {TIMING}", forwards, switch, difference)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--switches", type=int, default=100)
     parser.add_argument("--configs", type=Path, default=DEFAULT_CONFIGS)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cuda: Table 3 alone, full size")
     args = parser.parse_args()
+    if args.device == "cuda":
+        gpu_forwards(args.configs)
+        return
     with tempfile.TemporaryDirectory() as folder:
         model = build_tiny_model(Path(folder) / "model")
         loras = [
@@ -256,15 +303,10 @@ def main() -> None:
     for (path, batch_name), ms in batches.items():
         print(f"| {batch_name:<34} | {path:<14} | {ms:>8.2f} |")
 
-    forwards, difference = forward_costs(narrow_unet(args.configs))
-    print(f"\none UNet forward at batch 1, SSD-1B's module tree at 1/{NARROWING} of its channels, one CPU thread,")
-    print(f"best of {FORWARD_ROUNDS} rounds of 10, ms")
-    first = next(iter(forwards.values()))
-    print(f"| {'forward':<24} | {'ms':>8} | {'vs first':>8} |")
-    print(f"|{'-' * 26}|{'-' * 10}|{'-' * 10}|")
-    for way, ms in forwards.items():
-        print(f"| {way:<24} | {ms:>8.2f} | {ms / first:>7.2f}x |")
-    print(f"fused against peft's layers: largest difference {difference:.2e}")
+    unet = adapted_unet(narrow_config(args.configs), torch.device("cpu"), torch.float32)
+    forwards, switch, difference = forward_costs(unet, forward_inputs(unet, 1, 16))
+    title = f"one UNet forward at batch 1, SSD-1B's module tree at 1/{NARROWING} of its channels, one CPU thread,"
+    print_forward_table(f"{title}\n{TIMING}", forwards, switch, difference)
 
 
 if __name__ == "__main__":
