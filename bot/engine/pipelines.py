@@ -80,8 +80,8 @@ class PromptRules:
 @dataclass
 class Pipelines:
     """The three task pipelines (sharing components), the VAE codec that does all pixel work, and, once
-    `bot.engine.service` builds them, the compiled twins that take over the shapes they cover and the fused-style
-    UNet that runs the styled batches they leave."""
+    `bot.engine.service` builds them, the compiled twins that take over the shapes they cover, and the UNets
+    without peft's adapter layers that run what the twins leave, where styles brought adapter layers."""
 
     text2img: StableDiffusionXLPipeline
     img2img: StableDiffusionXLImg2ImgPipeline
@@ -96,7 +96,8 @@ class Pipelines:
     fused_styles: FusedStyles | None = None
 
     def for_kind(self, kind: Kind, style: Style | None = None) -> DiffusionPipeline:
-        """The task's pipeline for a batch in `style`: over the fused-style UNet where it holds the style's LoRA."""
+        """The task's pipeline for a batch in `style`: over a UNet without adapter layers where one can run it
+        (bot.engine.fused_styles), else over the eager UNet."""
         if self.fused_styles is not None and (fused := self.fused_styles.pipeline(kind, style)) is not None:
             return fused
         return {Kind.IMAGINE: self.text2img, Kind.REMIX: self.img2img, Kind.INPAINT: self.inpaint}[kind]

@@ -109,7 +109,7 @@ def child_batch_that_fits(settings: Settings, batch_images: int, *, free_gib: fl
     return None
 
 
-def fused_styles_that_fit(settings: Settings, pipes: Pipelines, batch_images: int) -> FusedStyles | None:
+def fused_styles_for(settings: Settings, pipes: Pipelines, batch_images: int) -> FusedStyles | None:
     """UNets without peft's adapter layers (bot.engine.fused_styles), where styles brought adapter layers: the
     adapter-free twin costs no memory, and the fused UNet only where its own weights leave batches of
     `batch_images` their room, since it makes styled batches faster and must not make every batch smaller."""
@@ -145,7 +145,7 @@ def load_engine(settings: Settings) -> tuple[Pipelines, int]:
     pipes.styles = StyleAdapters.load(pipes.text2img, read_style_book(settings))
     buckets = bucket_sizes(settings.base_resolution)
     batch_images = choose_batch_images(settings, pipes.device)
-    pipes.fused_styles = fused_styles_that_fit(settings, pipes, batch_images)
+    pipes.fused_styles = fused_styles_for(settings, pipes, batch_images)
     fill_cache = None
     if compile_enabled(settings, pipes.device):
         use_compile_cache(settings.compile_cache_dir)
