@@ -22,17 +22,14 @@ log = logging.getLogger(__name__)
 
 
 class StyleAdapters:
-    """The style book the engine serves, and which adapter is active."""
+    """The style book the engine serves, and which adapter each model's layers compute with."""
 
     def __init__(self, pipe: StableDiffusionXLPipeline | None = None, book: StyleBook | None = None) -> None:
         """Switches the adapter layers of `pipe`'s models, and only those: the compiled twins have copies of
         their own, switched by their own object on the compile thread. Every adapter starts off."""
         self.book = book or StyleBook()
-        self._layers = adapter_layers(pipe) if pipe is not None else []
-        for layer in self._layers:
-            layer.enable_adapters(False)
-        self._active: str | None = None  # the adapter the models compute with; None: all disabled
-        self._selected: str | None = None  # the adapter last selected on the layers, kept while they are disabled
+        by_model = _layers_by_model(pipe) if pipe is not None else {}
+        self._switches = {name: _AdapterSwitch(layers) for name, layers in by_model.items()}
 
     @classmethod
     def load(cls, pipe: StableDiffusionXLPipeline, book: StyleBook) -> StyleAdapters:
@@ -50,13 +47,13 @@ class StyleAdapters:
                 broken.add(style.name)
         # peft adds its layers in training mode. A LoRA saved with its training configuration brings dropout
         # layers, which would then drop at random: one seed would give a different picture each time.
-        for model in _models(pipe):
+        for model in _models(pipe).values():
             model.eval()
         return cls(pipe, book.without(broken))
 
     @property
     def layers(self) -> tuple[BaseTunerLayer, ...]:
-        return tuple(self._layers)
+        return tuple(layer for switch in self._switches.values() for layer in switch.layers)
 
     def style(self, name: str | None) -> Style | None:
         return None if name is None else self.book.get(name)
@@ -65,12 +62,30 @@ class StyleAdapters:
         """The adapter the style called `name` computes with."""
         return adapter_of(self.style(name))
 
+    def activate(self, style: Style | None, *, unet: bool = True) -> None:
+        """Make the models compute with `style`'s adapter, or with none. `unet=False` leaves the UNet's layers
+        as they are, for a batch that another UNet runs (bot.engine.fused_styles): switching its 272 layers
+        (full size) would be work for nothing on the GPU thread."""
+        for model, switch in self._switches.items():
+            if unet or model != "unet":
+                switch.activate(style)
+
+
+class _AdapterSwitch:
+    """The adapter layers of one model, and the adapter they compute with."""
+
+    def __init__(self, layers: list[BaseTunerLayer]) -> None:
+        self.layers = layers
+        for layer in layers:
+            layer.enable_adapters(False)
+        self._active: str | None = None  # the adapter the layers compute with; None: all disabled
+        self._selected: str | None = None  # the adapter last selected on the layers, kept while they are disabled
+
     def activate(self, style: Style | None) -> None:
-        """Make the models compute with `style`'s adapter, or with none."""
         wanted = adapter_of(style)
         if wanted == self._active:
             return
-        for layer in self._layers:
+        for layer in self.layers:
             if wanted is None:
                 layer.enable_adapters(False)
                 continue
@@ -93,13 +108,17 @@ def is_adapter_weight(name: str) -> bool:
     return ".lora_" in name
 
 
-def adapter_layers(pipe: StableDiffusionXLPipeline) -> list[BaseTunerLayer]:
-    """The layers peft put adapters into, in the UNet and the text encoders."""
-    return [module for model in _models(pipe) for module in model.modules() if isinstance(module, BaseTunerLayer)]
+def _layers_by_model(pipe: StableDiffusionXLPipeline) -> dict[str, list[BaseTunerLayer]]:
+    """The layers peft put adapters into, per model that has any (the UNet, the text encoders)."""
+    layers = {
+        name: [module for module in model.modules() if isinstance(module, BaseTunerLayer)]
+        for name, model in _models(pipe).items()
+    }
+    return {name: model_layers for name, model_layers in layers.items() if model_layers}
 
 
-def _models(pipe: StableDiffusionXLPipeline) -> list[torch.nn.Module]:
-    return [component for component in pipe.components.values() if isinstance(component, torch.nn.Module)]
+def _models(pipe: StableDiffusionXLPipeline) -> dict[str, torch.nn.Module]:
+    return {name: component for name, component in pipe.components.items() if isinstance(component, torch.nn.Module)}
 
 
 def _looks_like_a_path(source: str) -> bool:

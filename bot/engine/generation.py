@@ -88,8 +88,8 @@ def _denoise(
     if first.kind is Kind.INPAINT:
         task_inputs["mask_image"] = [request.mask for request in requests]
     style = pipes.styles.style(first.style)
-    pipes.styles.activate(style)
     pipe = pipes.for_kind(first.kind, style)
+    pipes.styles.activate(style, unet=pipe.unet is pipes.text2img.unet)
     prompts, negatives = [], []
     for request in requests:
         prompt, negative = (

@@ -91,6 +91,13 @@ def test_switching_fused_styles_never_drifts_and_leaves_the_eager_weights_alone(
         assert torch.equal(weight, eager_weights[name]), name
 
 
+def test_batches_on_other_unets_leave_the_eager_unet_s_adapter_layers_off(fused, book, buckets) -> None:
+    layers = [layer for layer in fused.text2img.unet.modules() if isinstance(layer, BaseTunerLayer)]
+    for style in ("ink", None, "neon"):
+        picture(fused, buckets, book, style)
+        assert all(layer.disable_adapters for layer in layers)
+
+
 def test_unstyled_batches_run_adapter_free_and_paint_exactly_what_the_eager_unet_paints(
     fused, by_peft, book, buckets
 ) -> None:
