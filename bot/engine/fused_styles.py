@@ -116,8 +116,15 @@ def fusable_adapters(unet: UNet2DConditionModel) -> frozenset[str]:
         if not _fusable_layer(layer):
             unfusable |= held
             continue
-        unfusable |= {adapter for adapter in held if adapter in layer.lora_variant or layer.lora_bias.get(adapter)}
+        unfusable |= {adapter for adapter in held if not _plain_lora(layer, adapter)}
     return frozenset(adapters - unfusable)
+
+
+def _plain_lora(layer: AdaptedLayer, adapter: str) -> bool:
+    """No DoRA, no LoRA bias, no other variant: an update that `get_delta_weight` describes in full. (peft before
+    0.14 has neither variants nor LoRA biases.)"""
+    variants = getattr(layer, "lora_variant", {})
+    return not (layer.use_dora.get(adapter) or getattr(layer, "lora_bias", {}).get(adapter) or adapter in variants)
 
 
 def tuner_layers(model: torch.nn.Module) -> list[tuple[str, BaseTunerLayer]]:
