@@ -278,7 +278,7 @@ def main() -> None:
         batches = {}
         for path in ("peft's layers", "fused"):
             if path == "fused":
-                pipes.fused_styles = FusedStyles(pipes, fuse=True)
+                pipes.fused_styles = FusedStyles.of(pipes, fuse=True)
             batch("s0")
             batches[path, "same style as the batch before"] = milliseconds(lambda: batch("s0"), 30)
             alternate = cycle(["s0", "s1"])

@@ -25,8 +25,8 @@ class StyleAdapters:
     """The style book the engine serves, and which adapter each model's layers compute with."""
 
     def __init__(self, pipe: StableDiffusionXLPipeline | None = None, book: StyleBook | None = None) -> None:
-        """Switches the adapter layers of `pipe`'s models, and only those: the compiled twins have copies of
-        their own, switched by their own object on the compile thread. Every adapter starts off."""
+        """Switches the adapter layers of `pipe`'s models, and only those: the compiled twins' text encoders have
+        copies of their own, switched by the twins' own object. Every adapter starts off."""
         self.book = book or StyleBook()
         by_model = _layers_by_model(pipe) if pipe is not None else {}
         self._switches = {name: _AdapterSwitch(layers) for name, layers in by_model.items()}

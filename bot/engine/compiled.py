@@ -4,8 +4,8 @@
 serves seven aspect buckets at every batch size. These choices keep that cost away from users:
 
 - Twins: the compiled UNet, VAE and text encoders are copies of the module trees that share every weight
-  with the eager models (all but the styles' small LoRA weights), so they cost next to no memory and the eager
-  models keep serving while the twins compile on a thread.
+  with the eager models (all but the styles' small LoRA weights in the text encoders), so they cost next to no
+  memory and the eager models keep serving while the twins compile on a thread.
 - Regional, dynamic compilation: the UNet compiles only its repeated transformer blocks (diffusers'
   `compile_repeated_blocks`), where most of its time goes; one compiled block serves every instance of it. Sizes
   are symbolic (`dynamic=True`), so one compilation covers every bucket and batch size; only batch 1 gets
@@ -13,9 +13,12 @@ serves seven aspect buckets at every batch size. These choices keep that cost aw
   checks that nothing else specialises, instead of compiling per shape.
 - A persistent cache: inductor keeps compiled kernels in `COMPILE_CACHE_DIR` (bot.engine.compile_cache), so a
   restart replays them.
-- Styles: the twins' UNet and text encoders hold copies of the styles' LoRA adapter layers, switched by the
-  twins' own `StyleAdapters`. Each LoRA style compiles the UNet blocks again (once per batch-size class);
-  switching between styles then picks among compiled graphs and never recompiles.
+- Styles: the twins' UNet has no adapter layers (bot.engine.fused_styles). A styled batch runs on a second
+  compiled twin, of the fused-style UNet, which shares its fused weights: weights are inputs to the compiled
+  graphs, not constants, so the graphs that serve unstyled batches serve every style too, and a LoRA style
+  compiles nothing (on the CPU with the tiny model, 4 graphs with a LoRA style instead of 6). The twins' text
+  encoders hold copies of the styles' adapter layers, switched by the twins' own `StyleAdapters`. A style that
+  the fused UNet does not hold (or none, where its memory did not fit) runs eager.
 - The twins take over only once every bucket has run through them, and then run under `fail_on_recompile`:
   a batch that would still need compiling falls back to eager (and its shape stays eager) rather than stall.
 - The compile thread's torch.fx traces patch modules for that thread alone (bot.engine.thread_local_tracing):
@@ -40,8 +43,9 @@ from typing import TypeVar
 import torch
 from diffusers import StableDiffusionXLPipeline
 
-from bot.engine.adapters import StyleAdapters, adapter_of, is_adapter_weight
+from bot.engine.adapters import StyleAdapters, is_adapter_weight
 from bot.engine.compile_cache import compile_cache_counters
+from bot.engine.fused_styles import FusedStyles, adapter_free_twin
 from bot.engine.pipelines import Pipelines, assemble_pipelines, pipeline_over
 from bot.engine.requests import GenerationRequest, Kind, check_inputs
 from bot.engine.thread_local_tracing import make_tracing_thread_local
@@ -59,7 +63,8 @@ TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
 
 @dataclass(frozen=True)
 class BatchShape:
-    """What decides which compiled graphs a batch runs: its size, and the LoRA adapter its style computes with."""
+    """What decides whether the twins serve a batch: its size, and the LoRA adapter its style computes with
+    (which the fused UNet must hold)."""
 
     images: int
     width: int
@@ -74,15 +79,17 @@ class CompiledTwins:
         make_tracing_thread_local()
         self.buckets = buckets
         self.max_batch_images = max_batch_images
-        # Adapter weights are the twins' own (a few MB per style): switching a style sets `requires_grad` on them,
-        # which compiled graphs check, so eager switches must not reach the twins' weights.
-        unet = weight_sharing_twin(eager.text2img.unet, own=is_adapter_weight)
+        unet = adapter_free_twin(eager.text2img.unet)
         unet.compile_repeated_blocks(fullgraph=True, dynamic=True)
+        fused = eager.fused_styles.fused if eager.fused_styles is not None else None
+        fused_unet = weight_sharing_twin(fused.unet) if fused is not None else None  # its fused weights too
+        if fused_unet is not None:
+            fused_unet.compile_repeated_blocks(fullgraph=True, dynamic=True)
         vae = weight_sharing_twin(eager.codec.vae)
         tiny = None if eager.codec.decoder is eager.codec.vae else weight_sharing_twin(eager.codec.decoder)
         (tiny or vae).decoder.compile(fullgraph=True, dynamic=True)  # whichever decodes (MODEL_TINY_VAE)
-        # Text encoders of their own too (sharing weights): styles' adapter layers live in them as well, and the
-        # compile thread switches styles on its copies while the GPU thread switches the eager ones.
+        # Text encoders of their own (sharing weights): styles' adapter layers live in them, and switching a
+        # style sets `requires_grad` on its adapter weights, so the twins' are their own (a few MB per style).
         encoders = {
             name: weight_sharing_twin(getattr(eager.text2img, name), own=is_adapter_weight) for name in TEXT_ENCODERS
         }
@@ -91,6 +98,7 @@ class CompiledTwins:
             text2img, eager.device, model_name=eager.model_name, embeddings=eager.embeddings, decoder=tiny
         )
         self.pipes.styles = StyleAdapters(self.pipes.text2img, eager.styles.book)
+        self.pipes.fused_styles = FusedStyles(self.pipes, plain_unet=None, fused=fused, fused_unet=fused_unet)
         self.compile_seconds: float | None = None
         self.cache_fill_seconds: float | None = None  # the child's compile, when one filled the cache first
         self.workers_seconds = 0.0  # of `compile_seconds`, the wait for inductor's worker processes
@@ -128,24 +136,15 @@ class CompiledTwins:
         return self.ready
 
     def warm_up_batches(self) -> list[list[GenerationRequest]]:
-        """Every bucket at batch 1 and at the largest batch: the shapes whose compilation could differ. Then
-        each LoRA style at both sizes, in one bucket: an adapter changes the UNet blocks' graphs (peft's
-        per-adapter state is part of what they check), but shapes are symbolic, so not per bucket."""
-        sizes = sorted({1, self.max_batch_images})
-        book = self.pipes.styles.book
-        lora_styles = [style.name for style in book if adapter_of(style) is not None]
-
-        def batch(aspect: str, images: int, style: str | None) -> list[GenerationRequest]:
-            options = {"buckets": self.buckets, "aspect": aspect, "steps": 1, "style": style, "styles": book}
-            return [check_inputs(Kind.IMAGINE, "warm-up", seed=seed, **options) for seed in range(images)]
-
-        first_aspect = next(iter(self.buckets))
+        """Every bucket at batch 1 and at the largest batch, unstyled: the shapes whose compilation could differ.
+        Styled batches run the same graphs (see the module's docstring). The warm-up must not fuse a style: the
+        fused weights are the eager models', and the GPU thread may be using them."""
         return [
-            batch(aspect, images, style)
-            for style in [None, *lora_styles]
-            for aspect in (self.buckets if style is None else [first_aspect])
-            for images in sizes
-        ]
+            [check_inputs(Kind.IMAGINE, "warm-up", buckets=self.buckets, aspect=aspect, steps=1, seed=seed)
+             for seed in range(images)]
+            for aspect in self.buckets
+            for images in sorted({1, self.max_batch_images})
+        ]  # fmt: skip
 
     def serve(self, shape: BatchShape, work: Callable[[Pipelines], T]) -> T | None:
         """`work(twins)` when the twins cover `shape` without compiling; None means: run it eager."""
@@ -168,6 +167,7 @@ class CompiledTwins:
             self.ready
             and 1 <= shape.images <= self.max_batch_images
             and (shape.width, shape.height) in self.buckets.values()
+            and (shape.adapter is None or shape.adapter in self.pipes.fused_styles.adapters)
             and shape not in self._excluded
         )
 

@@ -17,6 +17,8 @@ the UNet then runs as if no adapter existed: 0.88 to 1.00x (once 1.29x).
   the one peft computes; a seed still gives one picture.
 - Only plain LoRA on linear and 2-D convolution layers is fused (peft's own `get_delta_weight`). A style whose
   adapter has anything else (DoRA, a LoRA bias, another layer type) keeps peft's layers, as before.
+- The compiled twins (bot.engine.compiled) compile a twin of the fused UNet that shares its fused weights; the
+  weights are inputs to the compiled graphs, so one set of graphs serves every style.
 - Unstyled batches run on a twin of the eager UNet in which each adapter layer is the layer it adapts: it
   computes exactly what the eager UNet computes with its adapters off, without peft's checks in 272 layers
   (0.87 to 0.97x the time of a forward through the adapter layers switched off), and holds no memory.
@@ -72,20 +74,41 @@ class FusedUNet:
 
 class FusedStyles:
     """The task pipelines for batches that peft's adapter layers need not run: unstyled ones on an adapter-free
-    twin of the eager UNet, and, with `fuse`, styled ones on a `FusedUNet` where it holds their adapter. Runs on
-    the GPU thread, between batches, as style switches do."""
+    UNet, and styled ones on a `FusedUNet` where it holds their adapter. Runs on the GPU thread, between batches,
+    as style switches do."""
 
-    def __init__(self, eager: Pipelines, *, fuse: bool) -> None:
+    def __init__(
+        self,
+        pipes: Pipelines,
+        *,
+        plain_unet: UNet2DConditionModel | None,
+        fused: FusedUNet | None,
+        fused_unet: torch.nn.Module | None = None,
+    ) -> None:
+        """Pipelines over `pipes`' components with `plain_unet` for unstyled batches (None: `pipes`' own serve
+        them), and with `fused_unet` for the styles `fused` holds: its own UNet, or a (compiled) twin of it that
+        shares its fused weights."""
+        self._plain = _task_pipelines_over(pipes, plain_unet) if plain_unet is not None else {}
+        self.fused = fused
+        self._fused = _task_pipelines_over(pipes, fused_unet or fused.unet) if fused is not None else {}
+
+    @classmethod
+    def of(cls, eager: Pipelines, *, fuse: bool) -> FusedStyles:
+        """For the eager pipelines, whose UNet has adapter layers; `fuse`: a `FusedUNet` too (it takes memory)."""
         unet = eager.text2img.unet
-        self._plain = _task_pipelines_over(eager, adapter_free_twin(unet))
-        self.fused = FusedUNet(unet) if fuse else None
-        self._fused = _task_pipelines_over(eager, self.fused.unet) if self.fused is not None else {}
+        return cls(eager, plain_unet=adapter_free_twin(unet), fused=FusedUNet(unet) if fuse else None)
+
+    @property
+    def adapters(self) -> frozenset[str]:
+        """The adapters whose styles run fused."""
+        return self.fused.adapters if self.fused is not None else frozenset()
 
     def pipeline(self, kind: Kind, style: Style | None) -> DiffusionPipeline | None:
-        """The task's pipeline for a batch in `style`; None when only peft's layers can compute its adapter."""
+        """The task's pipeline for a batch in `style`; None when `pipes`' own must run it (with peft's layers,
+        for a style this does not hold)."""
         adapter = adapter_of(style)
         if adapter is None:
-            return self._plain[kind]
+            return self._plain.get(kind)
         if self.fused is None or style is None or adapter not in self.fused.adapters:
             return None
         self.fused.fuse(adapter, style.weight)

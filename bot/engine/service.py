@@ -130,7 +130,7 @@ def fused_styles_for(settings: Settings, pipes: Pipelines, batch_images: int) ->
             )
     if fuse:
         log.info("styles' LoRAs are fused into %.2f GiB of UNet weights of their own", fused_gib)
-    return FusedStyles(pipes, fuse=fuse)
+    return FusedStyles.of(pipes, fuse=fuse)
 
 
 def room_beside_batches(settings: Settings, batch_images: int, *, free_gib: float, needed_gib: float) -> bool:

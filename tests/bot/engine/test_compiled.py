@@ -11,16 +11,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
 from PIL import Image
 
-from bot.engine.adapters import StyleAdapters, is_adapter_weight
+from bot.engine.adapters import StyleAdapters
 from bot.engine.compiled import (
     COMPILE_SWITCH_INTERVAL,
     CompiledTwins,
     compiled_graph_count,
     quick_gil_handoffs,
 )
+from bot.engine.fused_styles import FusedStyles
 from bot.engine.generation import generate, render
 from bot.engine.pipelines import Pipelines, load_pipelines
 from bot.engine.requests import Kind, check_inputs
@@ -46,6 +47,7 @@ def pipes(settings: Settings, loras: dict[str, Path]) -> Pipelines:
     pipes = load_pipelines(settings)
     book = StyleBook([STYLES["ink"].model_copy(update={"lora": str(loras["ink"])}), STYLES["rain"]])
     pipes.styles = StyleAdapters.load(pipes.text2img, book)
+    pipes.fused_styles = FusedStyles.of(pipes, fuse=True)
     return pipes
 
 
@@ -65,9 +67,9 @@ def served_by(pipes: Pipelines, twins: CompiledTwins, monkeypatch: pytest.Monkey
 
 def test_warm_up_compiles_per_batch_size_not_per_aspect(twins: CompiledTwins) -> None:
     # The UNet's repeated block and the VAE decoder, each once at batch 1 (torch specialises sizes of 1) and
-    # once for larger batches; the second aspect (16:9 after the square 1:1) compiles nothing of its own.
-    # The LoRA style compiles the UNet's block again, at both batch sizes.
-    assert twins.graphs_compiled == 4 + 2
+    # once for larger batches; the second aspect (16:9 after the square 1:1) compiles nothing of its own, and
+    # neither does the LoRA style (its batches run the same graphs on the fused weights).
+    assert twins.graphs_compiled == 4
 
 
 def test_compiled_images_match_eager(pipes: Pipelines, buckets, served_by: CompiledTwins) -> None:
@@ -121,21 +123,15 @@ def test_a_batch_that_would_recompile_falls_back_to_eager(pipes: Pipelines, buck
     served_by._excluded.clear()
 
 
-def test_twins_switch_styles_on_copies_of_their_own(pipes: Pipelines, buckets) -> None:
-    # The compile thread switches styles for its warm-up while the GPU thread serves styled batches eagerly:
-    # neither may flip the other's adapters (nothing compiles until the twins render).
+def test_the_twins_unets_have_no_adapter_layers_and_styles_share_the_fused_weights(pipes: Pipelines, buckets) -> None:
     twins = CompiledTwins(pipes, {"1:1": buckets["1:1"]}, max_batch_images=1)
-    eager, twin = pipes.styles.layers, twins.pipes.styles.layers
-    assert twin and len(twin) == len(eager) and not {id(layer) for layer in eager} & {id(layer) for layer in twin}
-    # the base weights are shared; the adapters' weights are the twins' own (switching sets their requires_grad)
-    pairs = zip(pipes.text2img.unet.named_parameters(), twins.pipes.text2img.unet.named_parameters(), strict=True)
-    for (name, ours), (_, theirs) in pairs:
-        assert (ours is theirs) != is_adapter_weight(name) and torch.equal(ours, theirs), name
-    pipes.styles.activate(pipes.styles.style("ink"))
-    try:
-        assert not any(layer.disable_adapters for layer in eager) and all(layer.disable_adapters for layer in twin)
-    finally:
-        pipes.styles.activate(None)
+    plain = twins.pipes.text2img.unet
+    styled = twins.pipes.for_kind(Kind.IMAGINE, pipes.styles.style("ink")).unet
+    eager_fused = pipes.fused_styles.fused.unet
+    assert styled is not plain and styled is not eager_fused
+    assert not any(isinstance(module, BaseTunerLayer) for model in (plain, styled) for module in model.modules())
+    pairs = zip(eager_fused.named_parameters(), styled.named_parameters(), strict=True)
+    assert all(ours is theirs for (_, ours), (_, theirs) in pairs)
 
 
 def test_styles_are_served_compiled_and_switching_never_recompiles(pipes: Pipelines, buckets, served_by) -> None:

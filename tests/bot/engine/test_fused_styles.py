@@ -49,7 +49,7 @@ def by_peft(settings: Settings, book: StyleBook) -> Pipelines:
 @pytest.fixture(scope="module")
 def fused(settings: Settings, book: StyleBook) -> Pipelines:
     pipes = styled_pipelines(settings, book)
-    pipes.fused_styles = FusedStyles(pipes, fuse=True)
+    pipes.fused_styles = FusedStyles.of(pipes, fuse=True)
     return pipes
 
 
@@ -109,7 +109,7 @@ def test_unstyled_batches_run_adapter_free_and_paint_exactly_what_the_eager_unet
 
 def test_without_room_to_fuse_styled_batches_keep_peft_s_layers(settings, by_peft, book, buckets) -> None:
     pipes = styled_pipelines(settings, book)
-    pipes.fused_styles = FusedStyles(pipes, fuse=False)
+    pipes.fused_styles = FusedStyles.of(pipes, fuse=False)
     assert pipes.for_kind(Kind.IMAGINE, book.get("ink")) is pipes.text2img
     assert np.array_equal(picture(pipes, buckets, book, "ink"), picture(by_peft, buckets, book, "ink"))
 
