@@ -4,9 +4,9 @@ peft computes a LoRA beside every layer it adapts: two small matrix products, a 
 operation. On SSD-1B's UNet, a LoRA on the attention projections adapts 272 layers, which makes 6,959 operations
 per forward instead of 4,239. At batch 1 a GPU waits on operations being launched, not on their arithmetic, so
 those extra operations cost nearly their number: on SSD-1B's module tree at a tenth of its channels, on one CPU
-thread (`bench.styles`, Table 3), a styled forward took 1.27 to 1.47x an unstyled one in six runs. Here the
+thread (`bench.styles`, Table 3), a styled forward took 1.27 to 1.47x an unstyled one in eight runs. Here the
 style's update is added into a copy of the adapted layers' weights, W + scale * B @ A, once per style switch, and
-the UNet then runs as if no adapter existed: 0.88 to 1.00x (once 1.29x).
+the UNet then runs as if no adapter existed: 0.88 to 1.03x (once 1.29x).
 
 - The fused UNet is a twin of the eager one (bot.engine.weight_sharing): it shares every weight except those of
   the adapted layers, which it holds once however many styles there are (about 0.87 GB in float16 for the
@@ -21,7 +21,7 @@ the UNet then runs as if no adapter existed: 0.88 to 1.00x (once 1.29x).
   weights are inputs to the compiled graphs, so one set of graphs serves every style.
 - Unstyled batches run on a twin of the eager UNet in which each adapter layer is the layer it adapts: it
   computes exactly what the eager UNet computes with its adapters off, without peft's checks in 272 layers
-  (0.87 to 0.97x the time of a forward through the adapter layers switched off), and holds no memory.
+  (0.87 to 0.98x the time of a forward through the adapter layers switched off), and holds no memory.
 """
 
 from __future__ import annotations
