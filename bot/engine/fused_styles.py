@@ -90,7 +90,9 @@ class FusedStyles:
         shares its fused weights."""
         self._plain = _task_pipelines_over(pipes, plain_unet) if plain_unet is not None else {}
         self.fused = fused
-        self._fused = _task_pipelines_over(pipes, fused_unet or fused.unet) if fused is not None else {}
+        if fused is not None and fused_unet is None:
+            fused_unet = fused.unet
+        self._fused = _task_pipelines_over(pipes, fused_unet) if fused_unet is not None else {}
 
     @classmethod
     def of(cls, eager: Pipelines, *, fuse: bool) -> FusedStyles:
