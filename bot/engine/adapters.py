@@ -108,12 +108,14 @@ def is_adapter_weight(name: str) -> bool:
     return ".lora_" in name
 
 
+def tuner_layers(model: torch.nn.Module) -> list[tuple[str, BaseTunerLayer]]:
+    """The layers peft put adapters into, in `model`, by name."""
+    return [(name, module) for name, module in model.named_modules() if isinstance(module, BaseTunerLayer)]
+
+
 def _layers_by_model(pipe: StableDiffusionXLPipeline) -> dict[str, list[BaseTunerLayer]]:
-    """The layers peft put adapters into, per model that has any (the UNet, the text encoders)."""
-    layers = {
-        name: [module for module in model.modules() if isinstance(module, BaseTunerLayer)]
-        for name, model in _models(pipe).items()
-    }
+    """The adapter layers per model that has any (the UNet, the text encoders)."""
+    layers = {name: [layer for _, layer in tuner_layers(model)] for name, model in _models(pipe).items()}
     return {name: model_layers for name, model_layers in layers.items() if model_layers}
 
 

@@ -29,9 +29,8 @@ from __future__ import annotations
 import torch
 from diffusers import DiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
 from peft.tuners import lora
-from peft.tuners.tuners_utils import BaseTunerLayer
 
-from bot.engine.adapters import adapter_of
+from bot.engine.adapters import adapter_of, tuner_layers
 from bot.engine.pipelines import Pipelines, pipeline_over, task_pipelines
 from bot.engine.requests import Kind
 from bot.engine.weight_sharing import weight_sharing_twin
@@ -54,6 +53,7 @@ class FusedUNet:
             self._layers.append((layer, fused))
         self.adapters = fusable_adapters(unet)
         self._fused: tuple[str, float] | None = None
+        self._plain: set[torch.nn.Module] = {fused for _, fused in self._layers}  # holding the base weight as is
 
     @torch.no_grad()
     def fuse(self, adapter: str, scale: float) -> None:
@@ -64,11 +64,14 @@ class FusedUNet:
         for layer, fused in self._layers:
             base = layer.get_base_layer().weight
             if adapter not in layer.lora_A:
-                fused.weight.copy_(base)
+                if fused not in self._plain:  # a layer the style does not adapt, left changed by another
+                    fused.weight.copy_(base)
+                    self._plain.add(fused)
                 continue
             layer.set_scale(adapter, scale)
             # Added in float32, then rounded once to the weight's dtype.
             fused.weight.copy_(base.float() + layer.get_delta_weight(adapter).float())
+            self._plain.discard(fused)
         self._fused = (adapter, scale)
 
 
@@ -150,11 +153,6 @@ def _plain_lora(layer: AdaptedLayer, adapter: str) -> bool:
     0.14 has neither variants nor LoRA biases.)"""
     variants = getattr(layer, "lora_variant", {})
     return not (layer.use_dora.get(adapter) or getattr(layer, "lora_bias", {}).get(adapter) or adapter in variants)
-
-
-def tuner_layers(model: torch.nn.Module) -> list[tuple[str, BaseTunerLayer]]:
-    """peft's adapter layers in `model`, by name."""
-    return [(name, module) for name, module in model.named_modules() if isinstance(module, BaseTunerLayer)]
 
 
 def _adapted_layers(unet: UNet2DConditionModel) -> list[tuple[str, AdaptedLayer]]:

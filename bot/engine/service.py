@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from bot.engine.adapters import StyleAdapters
+from bot.engine.adapters import StyleAdapters, tuner_layers
 from bot.engine.cache_filler import CompilePlan, covering_batch_images, fill_compile_cache, needs_filling
 from bot.engine.compile_cache import use_compile_cache
 from bot.engine.compiled import CompiledTwins
 from bot.engine.executor import BatchRunner, Executor, JobQueue
-from bot.engine.fused_styles import FusedStyles, fusable_adapters, fused_weight_bytes, tuner_layers
+from bot.engine.fused_styles import FusedStyles, fusable_adapters, fused_weight_bytes
 from bot.engine.generation import generate, render, warm_up
 from bot.engine.pipelines import Pipelines, PromptRules, load_pipelines
 from bot.engine.requests import bucket_sizes

@@ -133,3 +133,16 @@ def test_an_adapter_peft_must_compute_itself_is_not_fused(tiny_model: TinyModel)
     unet.add_adapter(LoraConfig(r=4, target_modules=["to_out.0"], lora_bias=True), adapter_name="biased")
     assert fusable_adapters(unet) == {"plain"}
     assert FusedUNet(unet).adapters == {"plain"}
+
+
+def test_a_style_leaves_the_layers_it_does_not_adapt_at_their_base_weights(tiny_model: TinyModel) -> None:
+    unet = UNet2DConditionModel.from_pretrained(tiny_model.lcm_unet)
+    unet.add_adapter(LoraConfig(r=4, target_modules=["to_q"], init_lora_weights=False), adapter_name="q")
+    unet.add_adapter(LoraConfig(r=4, target_modules=["to_k"], init_lora_weights=False), adapter_name="k")
+    fused = FusedUNet(unet)
+    fused_q = fused.unet.down_blocks[1].attentions[0].transformer_blocks[0].attn1.to_q.weight
+    base_q = unet.down_blocks[1].attentions[0].transformer_blocks[0].attn1.to_q.get_base_layer().weight
+    fused.fuse("q", 1.0)
+    assert not torch.equal(fused_q, base_q)
+    fused.fuse("k", 1.0)
+    assert torch.equal(fused_q, base_q)
