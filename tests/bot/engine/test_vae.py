@@ -5,6 +5,7 @@ import copy
 import numpy as np
 import torch
 from diffusers import AutoencoderKL
+from PIL import Image
 
 from bot.engine.pipelines import Pipelines
 from bot.engine.vae import LatentCodec
@@ -33,3 +34,10 @@ def test_the_tiny_decoder_works_channels_last_for_the_same_pixels(tiny_decoder_p
     with torch.no_grad():
         expected = as_made.decode(latents / as_made.config.scaling_factor).sample
         assert torch.allclose(codec._decode_pixels(latents), expected, atol=1e-5)
+
+
+def test_encoded_latents_are_channels_first_in_memory(pipes: Pipelines) -> None:
+    """So that remix and inpainting run the UNet in the layout that text-to-image runs it in."""
+    pixels = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    latents = pipes.codec.encode([Image.fromarray(pixels)] * 2)
+    assert latents.shape == (2, 4, 8, 8) and latents.is_contiguous()
