@@ -47,6 +47,8 @@ from bench.streams import local_latency, time_stream
 from bot.engine.cache_filler import CompilePlan, fill_compile_cache
 from bot.engine.compile_cache import use_compile_cache
 from bot.engine.compiled import CompiledTwins
+from bot.engine.cuda_graphs import cuda_graph_capture
+from bot.engine.fused_styles import FusedStyles
 from bot.engine.generation import generate, render
 from bot.engine.pipelines import Pipelines, assemble_pipelines, vae_dtype
 from bot.engine.requests import COUNT_RANGE, GenerationRequest, Kind, bucket_sizes, check_inputs
@@ -206,9 +208,14 @@ def measure_ours(bench: Bench, ours: Pipelines, column: str, buckets, requests: 
     bench.record("first request on a new GPU thread, s", column, f"{seconds[0]:.3f}")
     bench.record("one request alone, s", column, f"{statistics.median(seconds[1:4]):.3f}")
     bench.record("one request alone, cached prompt, s", column, f"{statistics.median(seconds[4:]):.3f}")
-    fresh = (check_inputs(Kind.IMAGINE, f"bare {index} {column}", buckets=buckets, seed=1) for index in range(3))
-    bare = statistics.median(bench.seconds(lambda request=request: generate(ours, [request])) for request in fresh)
-    bench.record("  the same without queue and PNG, s", column, f"{bare:.3f}")
+    bench.record("  the same without queue and PNG, s", column, f"{bare_seconds(bench, ours, buckets, column):.3f}")
+    if bench.device.type == "cuda" and ours.compiled is None:
+        try:
+            measure_graphs(bench, ours, column, buckets)
+        except Exception as exc:  # said, and the rest of the table still gets its GPU time
+            print(f"CUDA graphs rows failed: {exc!r}", flush=True)
+        gc.collect()  # the graphs' module trees hold references to themselves
+        torch.cuda.empty_cache()
     one = check_inputs(Kind.IMAGINE, "a fox", buckets=buckets, seed=3)
     bench.record("peak memory, one image, GiB", column, f"{bench.peak_gib(lambda: generate(ours, [one])):.2f}")
     bench.record("  of which held before, GiB", column, f"{bench.held_gib:.2f}")
@@ -225,6 +232,34 @@ def measure_ours(bench: Bench, ours: Pipelines, column: str, buckets, requests: 
     bench.record("stream, images/s", column, f"{requests / timing.seconds:.2f}")
     bench.record("stream speed-up over plain", column, f"{bench.plain_stream_seconds / timing.seconds:.2f}x")
     bench.record("  stream: batches, GPU thread busy", column, f"{timing.batches}, {timing.busy_share:.0%}")
+
+
+def bare_seconds(bench: Bench, pipes: Pipelines, buckets, tag: str) -> float:
+    """A lone request's generation without the queue and its PNG, new prompts, median of 3."""
+    fresh = (check_inputs(Kind.IMAGINE, f"bare {index} {tag}", buckets=buckets, seed=1) for index in range(3))
+    return statistics.median(bench.seconds(lambda request=request: generate(pipes, [request])) for request in fresh)
+
+
+def measure_graphs(bench: Bench, ours: Pipelines, column: str, buckets) -> None:
+    """Lone requests with the UNet's batches of one replayed from CUDA graphs (`CUDA_GRAPHS`), square bucket
+    only: the first request captures, later ones replay. The memory the capture reserved is its graphs' pool; it
+    goes back when they do, at the end."""
+    gc.collect()
+    torch.cuda.empty_cache()
+    reserved_before = torch.cuda.memory_reserved()
+    graphed = dataclasses.replace(ours, fused_styles=FusedStyles.of(ours, fuse=False, capture=cuda_graph_capture()))
+    capturing = [check_inputs(Kind.IMAGINE, f"capture {column}", buckets=buckets, seed=1)]
+    seconds = bench.seconds(functools.partial(generate, graphed, capturing))
+    reserved_gib = (torch.cuda.memory_reserved() - reserved_before) / 2**30
+    bench.record("CUDA graphs: request that captures, s", column, f"{seconds:.3f}")
+    bench.record("CUDA graphs: memory captures reserved, GiB", column, f"{reserved_gib:.2f}")
+    prompts = [*(f"graphed prompt {index} {column}" for index in range(3)), *["a fox"] * 3]
+    alone = [check_inputs(Kind.IMAGINE, prompt, buckets=buckets, seed=1) for prompt in prompts]
+    seconds = asyncio.run(local_latency(functools.partial(generate, graphed), alone, batch_images=1)).totals
+    bench.record("CUDA graphs: one request alone, s", column, f"{statistics.median(seconds[:3]):.3f}")
+    bench.record("CUDA graphs: alone, cached prompt, s", column, f"{statistics.median(seconds[3:]):.3f}")
+    bare = bare_seconds(bench, graphed, buckets, f"graphed {column}")
+    bench.record("CUDA graphs: alone, no queue or PNG, s", column, f"{bare:.3f}")
 
 
 def measure_compiled(

@@ -32,6 +32,7 @@ from diffusers import AutoencoderKL, AutoencoderTiny, UNet2DConditionModel
 from PIL import Image, PngImagePlugin
 
 from bench.gpu import DEFAULT_CONFIGS, Bench
+from bot.engine.cuda_graphs import CudaGraph
 from bot.engine.images import encode_png
 from bot.engine.pipelines import resolve_dtype, vae_dtype
 from bot.engine.vae import DECODE_CHUNK
@@ -54,21 +55,14 @@ def fused_projections(module: torch.nn.Module) -> None:
 
 
 def cuda_graphed(run: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
-    """`run`, on its fixed inputs, captured once as a CUDA graph. A replay launches all its kernels at once, where
-    eager Python launches them one by one: what a forward at batch 1 mostly waits on."""
-    side_stream = torch.cuda.Stream()
-    side_stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side_stream):
-        for _ in range(3):  # cuBLAS and cuDNN set up their workspaces and plans outside the capture
-            run()
-    torch.cuda.current_stream().wait_stream(side_stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        output = run()
+    """`run`, on its fixed inputs, captured once as a CUDA graph as the engine captures them
+    (bot.engine.cuda_graphs). A replay launches all its kernels at once, where eager Python launches them one by
+    one: what a forward at batch 1 mostly waits on."""
+    graph = CudaGraph(run)
 
     def replay() -> torch.Tensor:
         graph.replay()
-        return output
+        return graph.outputs
 
     return replay
 

@@ -22,6 +22,9 @@ the UNet then runs as if no adapter existed: 0.88 to 1.03x (once 1.29x).
 - Unstyled batches run on a twin of the eager UNet in which each adapter layer is the layer it adapts: it
   computes exactly what the eager UNet computes with its adapters off, without peft's checks in 272 layers
   (0.87 to 0.98x the time of a forward through the adapter layers switched off), and holds no memory.
+- With `CUDA_GRAPHS`, both UNets are graphed twins (bot.engine.cuda_graphs), and the pipelines here serve unstyled
+  batches even where no style brought adapter layers: batches of one replay CUDA graphs. A fuse copies into the
+  fused weights, so the graphs captured on them serve every style.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from diffusers import DiffusionPipeline, StableDiffusionXLPipeline, UNet2DCondit
 from peft.tuners import lora
 
 from bot.engine.adapters import adapter_of, tuner_layers
+from bot.engine.cuda_graphs import Capture, graphed_twin
 from bot.engine.pipelines import Pipelines, pipeline_over, task_pipelines
 from bot.engine.requests import Kind
 from bot.engine.weight_sharing import weight_sharing_twin
@@ -98,10 +102,17 @@ class FusedStyles:
         self._fused = _task_pipelines_over(pipes, fused_unet) if fused_unet is not None else {}
 
     @classmethod
-    def of(cls, eager: Pipelines, *, fuse: bool) -> FusedStyles:
-        """For the eager pipelines, whose UNet has adapter layers; `fuse`: a `FusedUNet` too (it takes memory)."""
+    def of(cls, eager: Pipelines, *, fuse: bool, capture: Capture | None = None) -> FusedStyles:
+        """For the eager pipelines; `fuse`: a `FusedUNet` too (it takes memory); `capture`: both UNets replay
+        graphs for batches of one (bot.engine.cuda_graphs)."""
         unet = eager.text2img.unet
-        return cls(eager, plain_unet=adapter_free_twin(unet), fused=FusedUNet(unet) if fuse else None)
+        plain_unet = adapter_free_twin(unet)
+        fused = FusedUNet(unet) if fuse else None
+        fused_unet = None
+        if capture is not None:
+            plain_unet = graphed_twin(plain_unet, capture)
+            fused_unet = graphed_twin(fused.unet, capture) if fused is not None else None
+        return cls(eager, plain_unet=plain_unet, fused=fused, fused_unet=fused_unet)
 
     @property
     def adapters(self) -> frozenset[str]:

@@ -20,6 +20,7 @@ from bot.engine.adapters import StyleAdapters, tuner_layers
 from bot.engine.cache_filler import CompilePlan, covering_batch_images, fill_compile_cache, needs_filling
 from bot.engine.compile_cache import use_compile_cache
 from bot.engine.compiled import CompiledTwins
+from bot.engine.cuda_graphs import Capture, cuda_graph_capture
 from bot.engine.executor import BatchRunner, Executor, JobQueue
 from bot.engine.fused_styles import FusedStyles, fusable_adapters, fused_weight_bytes
 from bot.engine.generation import generate, render, warm_up
@@ -110,11 +111,13 @@ def child_batch_that_fits(settings: Settings, batch_images: int, *, free_gib: fl
 
 
 def fused_styles_for(settings: Settings, pipes: Pipelines, batch_images: int) -> FusedStyles | None:
-    """UNets without peft's adapter layers (bot.engine.fused_styles), where styles brought adapter layers: the
-    adapter-free twin costs no memory, and the fused UNet only where its own weights leave batches of
-    `batch_images` their room, since it makes styled batches faster and must not make every batch smaller."""
+    """UNets without peft's adapter layers (bot.engine.fused_styles), where styles brought adapter layers or
+    batches of one replay CUDA graphs: the adapter-free twin costs no memory, and the fused UNet only where its
+    own weights leave batches of `batch_images` their room, since it makes styled batches faster and must not
+    make every batch smaller."""
     unet = pipes.text2img.unet
-    if not tuner_layers(unet):
+    capture = graph_capture_for(settings, pipes.device)
+    if not tuner_layers(unet) and capture is None:
         return None
     fuse = bool(fusable_adapters(unet))
     fused_gib = fused_weight_bytes(unet) / GIB
@@ -130,7 +133,21 @@ def fused_styles_for(settings: Settings, pipes: Pipelines, batch_images: int) ->
             )
     if fuse:
         log.info("styles' LoRAs are fused into %.2f GiB of UNet weights of their own", fused_gib)
-    return FusedStyles.of(pipes, fuse=fuse)
+    return FusedStyles.of(pipes, fuse=fuse, capture=capture)
+
+
+def graph_capture_for(settings: Settings, device: torch.device) -> Capture | None:
+    """How batches of one are captured as CUDA graphs (bot.engine.cuda_graphs); None: they run eager. `auto`
+    graphs on CUDA GPUs. The default is off until a GPU run shows what graphs give and take (README,
+    Performance)."""
+    if settings.cuda_graphs == "off":
+        return None
+    if device.type != "cuda":
+        if settings.cuda_graphs == "on":
+            log.warning("CUDA_GRAPHS=on needs a CUDA GPU; on %s, batches of one run eager", device)
+        return None
+    log.info("batches of one image replay CUDA graphs, captured for each shape the first time it comes")
+    return cuda_graph_capture()
 
 
 def room_beside_batches(settings: Settings, batch_images: int, *, free_gib: float, needed_gib: float) -> bool:

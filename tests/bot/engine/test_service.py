@@ -14,6 +14,7 @@ from bot.engine.service import (
     choose_batch_images,
     compile_child_batch,
     compile_enabled,
+    graph_capture_for,
     load_engine,
     open_engine,
     room_beside_batches,
@@ -78,6 +79,17 @@ def test_load_engine_fuses_lora_styles_only(settings: Settings, loras, tmp_path)
     assert pipes.fused_styles is not None and pipes.fused_styles.fused.adapters == {"ink"}
     unstyled, _ = load_engine(settings.model_copy(update={"styles_file": tmp_path / "none.toml"}))
     assert unstyled.fused_styles is None
+
+
+@pytest.mark.parametrize(("setting", "warned"), [("on", True), ("auto", False), ("off", False)])
+def test_cuda_graphs_need_a_gpu_and_asking_for_them_on_a_cpu_is_a_warning(
+    settings: Settings, setting: str, warned: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="bot.engine.service"):
+        assert graph_capture_for(settings.model_copy(update={"cuda_graphs": setting}), torch.device("cpu")) is None
+    assert [record.getMessage() for record in caplog.records] == (
+        ["CUDA_GRAPHS=on needs a CUDA GPU; on cpu, batches of one run eager"] if warned else []
+    )
 
 
 def test_load_engine_freezes_the_loaded_heap(settings: Settings) -> None:

@@ -1,0 +1,170 @@
+"""Batches of one image replayed from CUDA graphs (`CUDA_GRAPHS`): a UNet step's kernels launched all at once.
+
+At batch 1 the GPU waits on the CPU launching kernels, not on their arithmetic: an SSD-1B UNet forward is over
+4,000 operations and took 47 ms on an H200 for 4.2 TFLOP, where the card computes that in about 6 ms. A CUDA
+graph records a forward's kernels once; a replay launches them all with one call, and no Python runs.
+
+- One graph per input signature: the shapes, dtypes and devices of the tensor arguments, whether autograd
+  records, and every other argument's value. It is captured the first time its signature comes; that call runs
+  eagerly and its result is returned. The serving thread's warm-up (bot.engine.generation.warm_up) brings
+  every bucket at batch 1, so no user waits for an unstyled capture. Remix and inpainting give the UNet the same
+  inputs as text-to-image, so they replay its graphs.
+- A graph reads its inputs from tensors of its own and writes its outputs to tensors of its own: a replay
+  copies the call's inputs in and hands out copies of the outputs, so a later replay never overwrites a result.
+- The graphs of one `cuda_graph_capture` share a memory pool, so a forward's activations are held once for
+  all shapes. That is safe because replays run one at a time, under one lock, and each one's outputs are copied
+  before the next replay.
+- A graph reads the weights at the addresses it was captured with: a graphed module's weights may change only
+  in place (the fused styles copy into theirs: bot.engine.fused_styles).
+- Python in the forward runs only at capture. Whatever it decides per call is frozen into the graph, such as
+  which of peft's adapters are on: graph only modules without adapter layers.
+- Only batches of one (`GRAPHED_BATCH_SIZES`): a larger batch computes long enough per kernel to hide the
+  launches, and would hold its own graph's activations.
+- A capture that fails leaves its signature eager, with one warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Collection, Hashable
+from typing import Any, Protocol
+
+import torch
+from torch.utils import _pytree as pytree
+
+from bot.engine.weight_sharing import weight_sharing_twin
+
+log = logging.getLogger(__name__)
+
+GRAPHED_BATCH_SIZES = frozenset({1})
+# Signatures per graphed module: 7 aspect buckets, with room for image-to-image's and inpainting's inputs should
+# they ever differ. Past it, new signatures run eager rather than take memory without bound.
+MAX_GRAPHS = 16
+WARM_UPS = 2  # eager runs on the capture's side stream first: cuBLAS and cuDNN set up outside the capture
+# Graphs share a memory pool, so replays (and the copies of their outputs) run one at a time.
+_REPLAY_LOCK = threading.Lock()
+
+
+class Graph(Protocol):
+    """A captured call: `replay` recomputes `outputs` in place from the tensors the call read."""
+
+    outputs: Any
+
+    def replay(self) -> None: ...
+
+
+Capture = Callable[[Callable[[], Any]], Graph]
+
+
+class CudaGraph:
+    """`run` captured as a CUDA graph, after warm-up runs on a side stream (as torch's documentation does it), on
+    which it is captured too: cuBLAS keeps a workspace per stream, set up by then."""
+
+    def __init__(self, run: Callable[[], Any], pool: tuple[int, int] | None = None) -> None:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(WARM_UPS):
+                run()
+        torch.cuda.current_stream().wait_stream(side)
+        self._graph = torch.cuda.CUDAGraph()
+        # thread_local: CUDA calls that other threads make meanwhile (the compile thread's) do not end the capture
+        with torch.cuda.graph(self._graph, pool=pool, stream=side, capture_error_mode="thread_local"):
+            self.outputs = run()
+
+    def replay(self) -> None:
+        self._graph.replay()
+
+
+def cuda_graph_capture() -> Capture:
+    """Captures as CUDA graphs that share one memory pool: a forward's activations are held once for all."""
+    pool = torch.cuda.graph_pool_handle()
+    return lambda run: CudaGraph(run, pool)
+
+
+class _Captured:
+    def __init__(self, graph: Graph, inputs: list[object]) -> None:
+        self.graph = graph
+        self.inputs = inputs  # the flattened arguments the graph reads; tensors are its own
+
+
+class GraphedForward:
+    """A module's forward that replays a graph for each signature it has seen at a batch size of
+    `batch_sizes` (the first tensor argument's first dimension), and runs eager otherwise."""
+
+    def __init__(
+        self,
+        forward: Callable[..., Any],
+        capture: Capture,
+        *,
+        batch_sizes: Collection[int] = GRAPHED_BATCH_SIZES,
+        max_graphs: int = MAX_GRAPHS,
+    ) -> None:
+        self._forward = forward
+        self._capture = capture
+        self._batch_sizes = batch_sizes
+        self._max_graphs = max_graphs
+        self._graphs: dict[Hashable, _Captured] = {}
+        self._eager: set[Hashable] = set()  # signatures whose capture failed
+
+    @property
+    def graphs(self) -> int:
+        return len(self._graphs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        leaves, spec = pytree.tree_flatten((args, kwargs))
+        key = self._signature(leaves, spec)
+        if key is None or key in self._eager:
+            return self._forward(*args, **kwargs)
+        with _REPLAY_LOCK:
+            captured = self._graphs.get(key)
+            if captured is None:
+                if len(self._graphs) >= self._max_graphs:
+                    return self._forward(*args, **kwargs)
+                return self._run_and_capture(key, leaves, spec)
+            for own, leaf in zip(captured.inputs, leaves, strict=True):
+                if isinstance(own, torch.Tensor):
+                    own.copy_(leaf)
+            captured.graph.replay()
+            return pytree.tree_map_only(torch.Tensor, torch.clone, captured.graph.outputs)
+
+    def _signature(self, leaves: list[Any], spec: pytree.TreeSpec) -> Hashable | None:
+        """What a graph is valid for; None: a call this never graphs (its batch size, or an argument that
+        cannot be told apart from another by value)."""
+        tensors = [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
+        if not tensors or tensors[0].dim() == 0 or tensors[0].shape[0] not in self._batch_sizes:
+            return None
+        parts: list[Hashable] = [spec, torch.is_grad_enabled()]
+        for leaf in leaves:
+            if isinstance(leaf, torch.Tensor):
+                # Not its strides: a replay copies the values in (the codec's latents come channels last).
+                parts.append((tuple(leaf.shape), leaf.dtype, leaf.device, leaf.requires_grad))
+            elif isinstance(leaf, Hashable) and not isinstance(leaf, torch.nn.Module):
+                parts.append((type(leaf), leaf))
+            else:
+                return None
+        return tuple(parts)
+
+    def _run_and_capture(self, key: Hashable, leaves: list[Any], spec: pytree.TreeSpec) -> Any:
+        """The eager result of this call; the capture for later calls follows it."""
+        args, kwargs = pytree.tree_unflatten(leaves, spec)
+        result = self._forward(*args, **kwargs)
+        inputs = [leaf.clone() if isinstance(leaf, torch.Tensor) else leaf for leaf in leaves]
+        own_args, own_kwargs = pytree.tree_unflatten(inputs, spec)
+        try:
+            graph = self._capture(lambda: self._forward(*own_args, **own_kwargs))
+        except Exception as exc:  # whatever the capture met, the eager forward still serves this shape
+            self._eager.add(key)
+            log.warning("a batch of one could not be captured as a CUDA graph; its shape runs eager: %r", exc)
+        else:
+            self._graphs[key] = _Captured(graph, inputs)
+        return result
+
+
+def graphed_twin(module: torch.nn.Module, capture: Capture) -> torch.nn.Module:
+    """A twin of `module` (sharing every weight) whose batches of one replay graphs. Nothing may copy the twin:
+    its forward is an attribute of its own, bound to it."""
+    twin = weight_sharing_twin(module)
+    twin.forward = GraphedForward(twin.forward, capture)
+    return twin

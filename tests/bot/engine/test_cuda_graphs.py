@@ -1,0 +1,141 @@
+"""Batches of one replayed from graphs, on the CPU with `RerunGraph` standing in for a CUDA graph (none can be
+captured without a GPU): the graphs' inputs, outputs, signatures and fallbacks, and the pictures they paint on
+the tiny model against the eager UNet's."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bot.engine.adapters import StyleAdapters
+from bot.engine.cuda_graphs import GraphedForward
+from bot.engine.fused_styles import FusedStyles
+from bot.engine.generation import generate
+from bot.engine.pipelines import Pipelines, load_pipelines
+from bot.engine.requests import Kind, check_inputs
+from bot.settings import Settings
+from bot.styles import Style, StyleBook
+from tests.support.graphs import RerunCapture
+
+
+def scaled(x: torch.Tensor, *, scale: float = 2.0) -> torch.Tensor:
+    return x * scale + 1
+
+
+def test_a_replay_computes_from_the_call_s_inputs_and_hands_out_copies() -> None:
+    capture = RerunCapture()
+    forward = GraphedForward(scaled, capture)
+    first = forward(torch.full((1, 3), 1.0))  # eager, then captured
+    second = forward(torch.full((1, 3), 2.0))  # replayed
+    third = forward(torch.full((1, 3), 3.0))
+    assert len(capture.graphs) == 1 and capture.replays == 2
+    assert torch.equal(first, torch.full((1, 3), 3.0))
+    assert torch.equal(second, torch.full((1, 3), 5.0))  # not overwritten by the third call's replay
+    assert torch.equal(third, torch.full((1, 3), 7.0))
+
+
+def test_each_signature_has_a_graph_of_its_own() -> None:
+    capture = RerunCapture()
+    forward = GraphedForward(scaled, capture)
+    ones = torch.ones(1, 3)
+    for _ in range(2):
+        with torch.no_grad():
+            assert torch.equal(forward(ones, scale=3.0), torch.full((1, 3), 4.0))  # a value is in the signature
+            assert torch.equal(forward(ones), torch.full((1, 3), 3.0))
+            assert torch.equal(forward(torch.ones(1, 5)), torch.full((1, 5), 3.0))
+            assert torch.equal(forward(ones.double()), torch.full((1, 3), 3.0, dtype=torch.float64))
+            assert not forward(ones.clone().requires_grad_()).requires_grad
+        assert forward(ones.clone().requires_grad_()).requires_grad
+    assert forward.graphs == len(capture.graphs) == 6
+
+
+def test_only_batches_of_one_are_graphed_and_only_so_many() -> None:
+    capture = RerunCapture()
+    forward = GraphedForward(scaled, capture, max_graphs=2)
+    assert torch.equal(forward(torch.ones(2, 3)), torch.full((2, 3), 3.0))
+    assert forward.graphs == 0
+    for width in (3, 4, 5, 5):
+        assert torch.equal(forward(torch.ones(1, width)), torch.full((1, width), 3.0))
+    assert forward.graphs == 2 and capture.replays == 0  # the third signature runs eager, each time
+
+
+def test_a_capture_that_fails_leaves_its_signature_eager(caplog: pytest.LogCaptureFixture) -> None:
+    attempts = []
+
+    def failing(run: object) -> None:
+        attempts.append(run)
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    forward = GraphedForward(scaled, failing)
+    with caplog.at_level(logging.WARNING, logger="bot.engine.cuda_graphs"):
+        results = [forward(torch.ones(1, 3)) for _ in range(3)]
+    assert all(torch.equal(result, torch.full((1, 3), 3.0)) for result in results)
+    assert len(attempts) == 1 and forward.graphs == 0
+    assert len(caplog.records) == 1 and "runs eager" in caplog.records[0].getMessage()
+
+
+def pixels(pipes: Pipelines, requests) -> np.ndarray:
+    return np.stack([np.asarray(image) for images in generate(pipes, requests) for image in images])
+
+
+def with_graphs(pipes: Pipelines, capture: RerunCapture, *, fuse: bool = False) -> Pipelines:
+    return dataclasses.replace(pipes, fused_styles=FusedStyles.of(pipes, fuse=fuse, capture=capture))
+
+
+def test_batches_of_one_replay_graphs_that_paint_what_the_eager_unet_paints(pipes: Pipelines, buckets) -> None:
+    capture = RerunCapture()
+    graphed = with_graphs(pipes, capture)
+    start = Image.fromarray(np.random.default_rng(1).integers(0, 255, (256, 256, 3), dtype=np.uint8))
+    requests = [
+        check_inputs(Kind.IMAGINE, "a fox", buckets=buckets, seed=1, steps=3),
+        check_inputs(Kind.IMAGINE, "a lighthouse at dusk", buckets=buckets, seed=2, steps=3),
+        check_inputs(Kind.IMAGINE, "a fox", buckets=buckets, seed=1, steps=3, aspect="16:9"),
+        check_inputs(Kind.REMIX, "a fox in snow", buckets=buckets, seed=3, init_image=start),
+        check_inputs(
+            Kind.INPAINT, "a hat", buckets=buckets, seed=4, init_image=start, mask=Image.new("L", (256, 256), 255)
+        ),
+    ]
+    for request in requests:
+        assert np.array_equal(pixels(graphed, [request]), pixels(pipes, [request])), request.kind
+    unet = graphed.for_kind(Kind.IMAGINE).unet
+    assert unet.forward.graphs == len(capture.graphs) == 2  # the two aspects; remix and inpaint replay 1:1's
+    assert capture.replays > 0
+    assert {id(tensor) for tensor in unet.parameters()} <= {id(tensor) for tensor in pipes.text2img.unet.parameters()}
+
+
+def test_a_larger_batch_runs_eager(pipes: Pipelines, buckets) -> None:
+    capture = RerunCapture()
+    graphed = with_graphs(pipes, capture)
+    two = [check_inputs(Kind.IMAGINE, "a fox", buckets=buckets, seed=1, steps=2, count=2)]
+    assert np.array_equal(pixels(graphed, two), pixels(pipes, two))
+    assert capture.graphs == []
+
+
+def test_styled_batches_of_one_replay_one_graph_for_every_fused_style(
+    settings: Settings, loras: dict[str, Path], buckets
+) -> None:
+    book = StyleBook(
+        [
+            Style(name="ink", description="Ink", lora=str(loras["ink"])),
+            Style(name="neon", description="Neon", lora=str(loras["neon"]), weight=0.7),
+        ]
+    )
+    pipes = load_pipelines(settings)
+    pipes.styles = StyleAdapters.load(pipes.text2img, book)
+    fused = dataclasses.replace(pipes, fused_styles=FusedStyles.of(pipes, fuse=True))
+    capture = RerunCapture()
+    graphed = with_graphs(pipes, capture, fuse=True)
+
+    def request(style: str | None) -> list:
+        return [check_inputs(Kind.IMAGINE, "a fox", buckets=buckets, seed=5, steps=2, style=style, styles=book)]
+
+    for style in ("ink", "neon", None, "ink"):  # a fuse rewrites the weights that the styled graph reads
+        assert np.array_equal(pixels(graphed, request(style)), pixels(fused, request(style))), style
+    assert graphed.for_kind(Kind.IMAGINE, book.get("ink")).unet.forward.graphs == 1
+    assert graphed.for_kind(Kind.IMAGINE).unet.forward.graphs == 1
