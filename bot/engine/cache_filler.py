@@ -68,6 +68,7 @@ class CompilePlan:
     buckets: dict[str, tuple[int, int]]
     max_batch_images: int
     styles: StyleBook
+    smallest_images: int = 1  # 2 where CUDA graphs serve batches of one (CompiledTwins)
 
     def to_json(self) -> str:
         """The plan for the child's standard input and for the marker file."""
@@ -76,6 +77,7 @@ class CompilePlan:
                 "settings": self.settings.model_dump(mode="json", include=set(MODEL_SETTINGS)),
                 "buckets": self.buckets,
                 "max_batch_images": self.max_batch_images,
+                "smallest_images": self.smallest_images,
                 "styles": [style.model_dump(mode="json") for style in self.styles],
             },
             sort_keys=True,
@@ -89,6 +91,7 @@ class CompilePlan:
             buckets={aspect: (width, height) for aspect, (width, height) in data["buckets"].items()},
             max_batch_images=data["max_batch_images"],
             styles=StyleBook([Style(**style) for style in data["styles"]]),
+            smallest_images=data["smallest_images"],
         )
 
     def fingerprint(self) -> str:
@@ -163,7 +166,7 @@ def main() -> int:
     plan = CompilePlan.from_json(sys.stdin.read())
     pipes = load_pipelines(plan.settings)
     pipes.styles = StyleAdapters.load(pipes.text2img, plan.styles)
-    twins = CompiledTwins(pipes, plan.buckets, batch_images)
+    twins = CompiledTwins(pipes, plan.buckets, batch_images, smallest_images=plan.smallest_images)
     return 0 if twins.compile_here(render) else 1
 
 

@@ -10,7 +10,8 @@ serves seven aspect buckets at every batch size. These choices keep that cost aw
   `compile_repeated_blocks`), where most of its time goes; one compiled block serves every instance of it. Sizes
   are symbolic (`dynamic=True`), so one compilation covers every bucket and batch size; only batch 1 gets
   graphs of its own (torch specialises sizes of 1). Warming each bucket at batch 1 and at the largest batch
-  checks that nothing else specialises, instead of compiling per shape.
+  checks that nothing else specialises, instead of compiling per shape. Where CUDA graphs serve batches of one
+  (bot.engine.cuda_graphs), the twins serve from 2 images and compile no graphs for batch 1.
 - A persistent cache: inductor keeps compiled kernels in `COMPILE_CACHE_DIR` (bot.engine.compile_cache), so a
   restart replays them.
 - Styles: the twins' UNet has no adapter layers (bot.engine.fused_styles). A styled batch runs on a second
@@ -75,10 +76,20 @@ class BatchShape:
 class CompiledTwins:
     """Owns the compiled pipelines and decides, batch by batch, whether they may serve it."""
 
-    def __init__(self, eager: Pipelines, buckets: dict[str, tuple[int, int]], max_batch_images: int) -> None:
+    def __init__(
+        self,
+        eager: Pipelines,
+        buckets: dict[str, tuple[int, int]],
+        max_batch_images: int,
+        *,
+        smallest_images: int = 1,
+    ) -> None:
+        """Twins for batches of `smallest_images` to `max_batch_images` images: from 2 where CUDA graphs serve
+        batches of one (bot.engine.cuda_graphs), which then compile no graphs of their own."""
         make_tracing_thread_local()
         self.buckets = buckets
         self.max_batch_images = max_batch_images
+        self.smallest_images = smallest_images
         unet = adapter_free_twin(eager.text2img.unet)
         unet.compile_repeated_blocks(fullgraph=True, dynamic=True)
         fused = eager.fused_styles.fused if eager.fused_styles is not None else None
@@ -136,14 +147,15 @@ class CompiledTwins:
         return self.ready
 
     def warm_up_batches(self) -> list[list[GenerationRequest]]:
-        """Every bucket at batch 1 and at the largest batch, unstyled: the shapes whose compilation could differ.
+        """Every bucket at the smallest and the largest batch, unstyled: the shapes whose compilation could differ
+        (torch gives batches of 1 graphs of their own, and every larger size one symbol).
         Styled batches run the same graphs (see the module's docstring). The warm-up must not fuse a style: the
         fused weights are the eager models', and the GPU thread may be using them."""
         return [
             [check_inputs(Kind.IMAGINE, "warm-up", buckets=self.buckets, aspect=aspect, steps=1, seed=seed)
              for seed in range(images)]
             for aspect in self.buckets
-            for images in sorted({1, self.max_batch_images})
+            for images in sorted({self.smallest_images, self.max_batch_images})
         ]  # fmt: skip
 
     def serve(self, shape: BatchShape, work: Callable[[Pipelines], T]) -> T | None:
@@ -165,7 +177,7 @@ class CompiledTwins:
     def _covers(self, shape: BatchShape) -> bool:
         return (
             self.ready
-            and 1 <= shape.images <= self.max_batch_images
+            and self.smallest_images <= shape.images <= self.max_batch_images
             and (shape.width, shape.height) in self.buckets.values()
             and (shape.adapter is None or shape.adapter in self.pipes.fused_styles.adapters)
             and shape not in self._excluded

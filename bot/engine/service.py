@@ -110,13 +110,14 @@ def child_batch_that_fits(settings: Settings, batch_images: int, *, free_gib: fl
     return None
 
 
-def fused_styles_for(settings: Settings, pipes: Pipelines, batch_images: int) -> FusedStyles | None:
+def fused_styles_for(
+    settings: Settings, pipes: Pipelines, batch_images: int, capture: Capture | None = None
+) -> FusedStyles | None:
     """UNets without peft's adapter layers (bot.engine.fused_styles), where styles brought adapter layers or
-    batches of one replay CUDA graphs: the adapter-free twin costs no memory, and the fused UNet only where its
-    own weights leave batches of `batch_images` their room, since it makes styled batches faster and must not
-    make every batch smaller."""
+    batches of one replay graphs made by `capture`: the adapter-free twin costs no memory, and the fused UNet only
+    where its own weights leave batches of `batch_images` their room, since it makes styled batches faster and
+    must not make every batch smaller."""
     unet = pipes.text2img.unet
-    capture = graph_capture_for(settings, pipes.device)
     if not tuner_layers(unet) and capture is None:
         return None
     fuse = bool(fusable_adapters(unet))
@@ -162,12 +163,18 @@ def load_engine(settings: Settings) -> tuple[Pipelines, int]:
     pipes.styles = StyleAdapters.load(pipes.text2img, read_style_book(settings))
     buckets = bucket_sizes(settings.base_resolution)
     batch_images = choose_batch_images(settings, pipes.device)
-    pipes.fused_styles = fused_styles_for(settings, pipes, batch_images)
+    capture = graph_capture_for(settings, pipes.device)
+    pipes.fused_styles = fused_styles_for(settings, pipes, batch_images, capture)
+    # Batches of one are launch-bound: CUDA graphs remove their launches, where compiling them gained 1 % on an
+    # H100 (README, Performance). So with graphs, the compiled twins serve (and compile) larger batches only.
+    smallest_compiled = 1 if capture is None else 2
     fill_cache = None
-    if compile_enabled(settings, pipes.device):
+    if compile_enabled(settings, pipes.device) and batch_images < smallest_compiled:
+        log.info("COMPILE: batches hold one image, which CUDA graphs serve; nothing is compiled")
+    elif compile_enabled(settings, pipes.device):
         use_compile_cache(settings.compile_cache_dir)
-        pipes.compiled = CompiledTwins(pipes, buckets, batch_images)
-        plan = CompilePlan(settings, buckets, batch_images, pipes.styles.book)
+        pipes.compiled = CompiledTwins(pipes, buckets, batch_images, smallest_images=smallest_compiled)
+        plan = CompilePlan(settings, buckets, batch_images, pipes.styles.book, smallest_compiled)
         child_images = compile_child_batch(settings, pipes.device, batch_images) if needs_filling(plan) else None
         if child_images is not None:
             fill_cache = functools.partial(fill_compile_cache, plan, child_images)

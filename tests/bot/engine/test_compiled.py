@@ -107,6 +107,20 @@ def test_batches_larger_than_warmed_up_run_eager(pipes: Pipelines, buckets, serv
     assert served_by.batches_served == served
 
 
+def test_beside_cuda_graphs_the_twins_compile_and_serve_larger_batches_only(
+    pipes: Pipelines, buckets, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    twins = CompiledTwins(pipes, {"1:1": buckets["1:1"]}, max_batch_images=MAX_BATCH, smallest_images=2)
+    assert [len(batch) for batch in twins.warm_up_batches()] == [MAX_BATCH]
+    twins.start(render)
+    assert twins.wait(timeout=900), "compilation failed (see the log)"
+    monkeypatch.setattr(pipes, "compiled", twins)
+    generate(pipes, [check_inputs(Kind.IMAGINE, "a fox", buckets=buckets, seed=1)])
+    assert twins.batches_served == 0  # a batch of one is the graphs' (eager on the CPU)
+    generate(pipes, [check_inputs(Kind.IMAGINE, "a fox", buckets=buckets, seed=1, count=2)])
+    assert twins.batches_served == 1
+
+
 def test_a_batch_that_would_recompile_falls_back_to_eager(pipes: Pipelines, buckets, served_by: CompiledTwins) -> None:
     request = check_inputs(Kind.IMAGINE, "a fox", buckets=buckets, aspect="1:1", seed=4)
     served, graphs = served_by.batches_served, compiled_graph_count()
