@@ -138,7 +138,7 @@ class GraphedForward:
         parts: list[Hashable] = [spec, torch.is_grad_enabled()]
         for leaf in leaves:
             if isinstance(leaf, torch.Tensor):
-                # Not its strides: a replay copies the values in (the codec's latents come channels last).
+                # Not its strides: a replay copies the values in, whatever their layout.
                 parts.append((tuple(leaf.shape), leaf.dtype, leaf.device, leaf.requires_grad))
             elif isinstance(leaf, Hashable) and not isinstance(leaf, torch.nn.Module):
                 parts.append((type(leaf), leaf))
