@@ -290,11 +290,13 @@ def compile_twins(
     *,
     share_budget: bool = True,
     fill_cache: Callable[[], bool] | None = None,
+    smallest_images: int = 1,
 ) -> bool:
     """Compile in the background as the bot does, timing eager requests served meanwhile. `share_budget` gives
     up once the compile has taken half the time left beyond a minute, keeping the rest for later phases.
-    `fill_cache`: the cache filler's child compiles first (bot.engine.cache_filler)."""
-    twins = CompiledTwins(ours, buckets, batch)
+    `fill_cache`: the cache filler's child compiles first (bot.engine.cache_filler). `smallest_images`: 2 where
+    CUDA graphs serve batches of one."""
+    twins = CompiledTwins(ours, buckets, batch, smallest_images=smallest_images)
     started = time.perf_counter()
     twins.start(render, fill_cache)
     request = check_inputs(Kind.IMAGINE, "served while compiling", buckets=buckets, seed=5)
@@ -374,6 +376,11 @@ def main() -> None:
         "--compile-only", action="store_true", help="only compile the twins, timing eager requests meanwhile"
     )
     parser.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="with --compile-only: batches of one replay CUDA graphs, and the twins compile from 2 images",
+    )
+    parser.add_argument(
         "--compile-in",
         choices=["child", "here"],
         default="child",
@@ -385,6 +392,8 @@ def main() -> None:
         help="the compile child's largest batches (default: the batch size; the bot's 40 and 48 GB cards use 2)",
     )
     args = parser.parse_args()
+    if args.cuda_graphs and not (args.compile_only and not args.tiny):
+        parser.error("--cuda-graphs goes with --compile-only, on a CUDA GPU")
 
     device = torch.device("cpu" if args.tiny else "cuda")
     resolution = 256 if args.tiny else 1024
@@ -409,16 +418,25 @@ def main() -> None:
           f"{', '.join(STREAM_ASPECTS)}; batches of up to {batch}", flush=True)  # fmt: skip
 
     ours = ours_from(plain, device)
+    smallest_compiled = 1
+    if args.cuda_graphs:  # as the bot with COMPILE and CUDA_GRAPHS (bot.engine.service.load_engine)
+        ours.fused_styles = FusedStyles.of(ours, fuse=False, capture=cuda_graph_capture())
+        smallest_compiled = 2
     fill_cache = None
     if args.compile_in == "child":  # the child loads the saved model, as a restart does
         child_settings = settings.model_copy(
             update={"model_base": str(model_dir), "model_unet": str(model_dir / "unet"), "device": device.type}
         )
-        plan = CompilePlan(child_settings, buckets, batch, StyleBook())
+        plan = CompilePlan(child_settings, buckets, batch, StyleBook(), smallest_compiled)
         fill_cache = functools.partial(fill_compile_cache, plan, args.child_images or batch)
     if args.compile_only:
-        generate(ours, [check_inputs(Kind.IMAGINE, "warm-up", buckets=buckets)])  # eager warm-up, off the clock
-        if compile_twins(bench, ours, "+compiled", buckets, batch, share_budget=False, fill_cache=fill_cache):
+        # Eager warm-up, off the clock (with CUDA graphs, it captures the square bucket's)
+        generate(ours, [check_inputs(Kind.IMAGINE, "warm-up", buckets=buckets)])
+        compiled = compile_twins(
+            bench, ours, "+compiled", buckets, batch, share_budget=False, fill_cache=fill_cache,
+            smallest_images=smallest_compiled,
+        )  # fmt: skip
+        if compiled:
             # The kernels' speed at the size that serves, whatever size the child compiled them at
             eight = eight_images(buckets)
             bench.record("8 images in one call, s", "+compiled", f"{bench.seconds(lambda: generate(ours, eight)):.3f}")

@@ -5,7 +5,8 @@
 #             8 images), then bench.decoders (the VAE against the tiny autoencoder at 1024x1024, batches 1 and 8);
 #   compile:  bench.gpu --compile-only (the twins' cold compile, and eager requests served meanwhile; a child
 #             process fills the compile cache first, as the bot does, or with COMPILE_IN=here it does not;
-#             CHILD_IMAGES=2 makes the child's batches as small as on a 40 or 48 GB card);
+#             CHILD_IMAGES=2 makes the child's batches as small as on a 40 or 48 GB card; CUDA_GRAPHS=1 serves
+#             batches of one from CUDA graphs and compiles from 2 images, as the bot with both settings on);
 #   knobs:    bench.knobs (CUDA graphs, channels last, cuDNN's algorithm search, fused QKV, PNG encoders), then
 #             bench.styles' forward table (a style through peft's layers against fused, batches of 1 and 8);
 #   table:    bench.knobs' PNG rows (this machine's CPU), then bench.gpu, the issue's table (plain, executor,
@@ -44,8 +45,8 @@ step() {
 
 if [ "$part" = compile ]; then
     step $((budget + 20)) bench.gpu --configs "$configs" --budget "$budget" \
-        --workdir "/tmp/lcm-bench-${COMPILE_IN:-child}${CHILD_IMAGES:-}" --compile-only --compile-in "${COMPILE_IN:-child}" \
-        ${CHILD_IMAGES:+--child-images "$CHILD_IMAGES"}
+        --workdir "/tmp/lcm-bench-${COMPILE_IN:-child}${CHILD_IMAGES:-}${CUDA_GRAPHS:+-graphs}" --compile-only --compile-in "${COMPILE_IN:-child}" \
+        ${CHILD_IMAGES:+--child-images "$CHILD_IMAGES"} ${CUDA_GRAPHS:+--cuda-graphs}
     exit
 fi
 if [ "$part" = knobs ]; then
