@@ -55,7 +55,6 @@ from bot.engine.requests import COUNT_RANGE, GenerationRequest, Kind, bucket_siz
 from bot.engine.service import choose_batch_images
 from bot.engine.vae import LatentCodec
 from bot.settings import Settings
-from bot.styles import StyleBook
 from tests.support.tiny_model import build_tiny_model, byte_level_tokenizer
 
 DEFAULT_CONFIGS = Path(__file__).resolve().parents[2] / "shared" / "model-configs" / "ssd-1b"
@@ -427,7 +426,7 @@ def main() -> None:
         child_settings = settings.model_copy(
             update={"model_base": str(model_dir), "model_unet": str(model_dir / "unet"), "device": device.type}
         )
-        plan = CompilePlan(child_settings, buckets, batch, StyleBook(), smallest_compiled)
+        plan = CompilePlan(child_settings, buckets, batch, smallest_compiled)
         fill_cache = functools.partial(fill_compile_cache, plan, args.child_images or batch)
     if args.compile_only:
         # Eager warm-up, off the clock (with CUDA graphs, it captures the square bucket's)

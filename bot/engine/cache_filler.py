@@ -18,6 +18,10 @@ the engine starts one only where the free memory holds them (`COMPILE_CHILD`, `c
 bot.engine.service). The child's batches may be smaller than the serving process's: at 2 images they compile
 the graphs of every batch size above 1 (`covering_batch_images`), so a card that cannot hold a second batch of
 8 may still hold a child.
+
+The child loads no styles. The twins compile a UNet without adapter layers, which styles run on with weights of
+their own (bot.engine.fused_styles), so the same graphs serve a bot with or without styles: a change to
+`STYLES_FILE` needs no child.
 """
 
 from __future__ import annotations
@@ -36,12 +40,10 @@ from pathlib import Path
 import diffusers
 import torch
 
-from bot.engine.adapters import StyleAdapters
 from bot.engine.compiled import CompiledTwins
 from bot.engine.generation import render
 from bot.engine.pipelines import load_pipelines
 from bot.settings import Settings
-from bot.styles import Style, StyleBook
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +63,12 @@ COVERING_BATCH_IMAGES = 2
 
 @dataclass(frozen=True)
 class CompilePlan:
-    """What the twins compile. The same models, buckets, batch size and LoRA styles give the same graphs, so the
+    """What the twins compile. The same models, buckets and batch sizes give the same graphs, so the
     child's cache entries are the ones the serving process looks up."""
 
     settings: Settings
     buckets: dict[str, tuple[int, int]]
     max_batch_images: int
-    styles: StyleBook
     smallest_images: int = 1  # 2 where CUDA graphs serve batches of one (CompiledTwins)
 
     def to_json(self) -> str:
@@ -78,7 +79,6 @@ class CompilePlan:
                 "buckets": self.buckets,
                 "max_batch_images": self.max_batch_images,
                 "smallest_images": self.smallest_images,
-                "styles": [style.model_dump(mode="json") for style in self.styles],
             },
             sort_keys=True,
         )
@@ -90,7 +90,6 @@ class CompilePlan:
             settings=Settings(**data["settings"], _env_file=None),
             buckets={aspect: (width, height) for aspect, (width, height) in data["buckets"].items()},
             max_batch_images=data["max_batch_images"],
-            styles=StyleBook([Style(**style) for style in data["styles"]]),
             smallest_images=data["smallest_images"],
         )
 
@@ -165,7 +164,6 @@ def main() -> int:
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s compile child: %(message)s")
     plan = CompilePlan.from_json(sys.stdin.read())
     pipes = load_pipelines(plan.settings)
-    pipes.styles = StyleAdapters.load(pipes.text2img, plan.styles)
     twins = CompiledTwins(pipes, plan.buckets, batch_images, smallest_images=plan.smallest_images)
     return 0 if twins.compile_here(render) else 1
 

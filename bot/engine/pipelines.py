@@ -169,6 +169,12 @@ def assemble_pipelines(
     text2img.to(device)
     if decoder is not None:
         decoder.to(device)
+    # Weights for inference only. Loading a style's LoRA makes peft freeze the weights it adapts, and whether a
+    # weight wants gradients is part of the compiled graphs' cache keys: a compile child without styles missed
+    # the UNet's graphs of a bot with a LoRA style (bot.engine.cache_filler), until every weight was frozen here.
+    for model in (text2img.unet, text2img.vae, text2img.text_encoder, text2img.text_encoder_2, decoder):
+        if model is not None:
+            model.requires_grad_(False)
     img2img, inpaint = task_pipelines(text2img)
     return Pipelines(
         text2img=text2img,

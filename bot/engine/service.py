@@ -174,7 +174,7 @@ def load_engine(settings: Settings) -> tuple[Pipelines, int]:
     elif compile_enabled(settings, pipes.device):
         use_compile_cache(settings.compile_cache_dir)
         pipes.compiled = CompiledTwins(pipes, buckets, batch_images, smallest_images=smallest_compiled)
-        plan = CompilePlan(settings, buckets, batch_images, pipes.styles.book, smallest_compiled)
+        plan = CompilePlan(settings, buckets, batch_images, smallest_compiled)
         child_images = compile_child_batch(settings, pipes.device, batch_images) if needs_filling(plan) else None
         if child_images is not None:
             fill_cache = functools.partial(fill_compile_cache, plan, child_images)

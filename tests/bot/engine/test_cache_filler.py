@@ -13,7 +13,6 @@ import pytest
 
 from bot.engine.cache_filler import CompilePlan, fill_compile_cache, marker_path, needs_filling
 from bot.settings import Settings
-from bot.styles import Style, StyleBook
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -34,8 +33,7 @@ print(json.dumps({"ready": ready, "child_s": pipes.compiled.cache_fill_seconds, 
 @pytest.fixture
 def plan(settings: Settings, buckets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CompilePlan:
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cache"))
-    book = StyleBook([Style(name="rain", description="Rain", template="{prompt}, in the rain")])
-    return CompilePlan(settings, {"1:1": buckets["1:1"]}, max_batch_images=2, styles=book)
+    return CompilePlan(settings, {"1:1": buckets["1:1"]}, max_batch_images=2)
 
 
 def test_the_plan_reaches_the_child_with_the_models_and_no_secret(plan: CompilePlan) -> None:
@@ -46,7 +44,6 @@ def test_the_plan_reaches_the_child_with_the_models_and_no_secret(plan: CompileP
     assert again.settings.model_base == plan.settings.model_base
     assert again.settings.base_resolution == plan.settings.base_resolution
     assert again.buckets == plan.buckets and again.max_batch_images == 2 and again.smallest_images == 1
-    assert [style.template for style in again.styles] == ["{prompt}, in the rain"]
     assert again.fingerprint() == plan.fingerprint()
 
 
@@ -102,12 +99,13 @@ def running(pid: int) -> bool:
     return state != "Z"
 
 
-def start_and_compile(env_for, tmp_path: Path) -> dict:
+def start_and_compile(env_for, tmp_path: Path, styles_file: Path) -> dict:
     env_for(
         COMPILE="on",
         COMPILE_CHILD="on",
         COMPILE_CACHE_DIR=str(tmp_path / "cache"),
         MAX_BATCH_IMAGES="3",  # the child's batches hold 2 (`covering_batch_images`): its graphs serve 3 too
+        STYLES_FILE=str(styles_file),
         LOG_LEVEL="WARNING",
     )
     done = subprocess.run([sys.executable, "-c", START_AND_COMPILE], capture_output=True, text=True, timeout=850)
@@ -115,17 +113,25 @@ def start_and_compile(env_for, tmp_path: Path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def lora_style(name: str, lora: Path) -> str:
+    return f'[[style]]\nname = "{name}"\ndescription = "{name.title()}"\nlora = "{lora}"\n'
+
+
 def test_the_child_compiles_so_that_serving_reads_every_graph_from_the_cache(
-    env_for, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    env_for, tmp_path: Path, loras: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)  # COMPILE_CACHE_DIR decides
-    first = start_and_compile(env_for, tmp_path)
+    styles = tmp_path / "styles.toml"  # a LoRA style, which the child does not load
+    styles.write_text(lora_style("ink", loras["ink"]))
+    first = start_and_compile(env_for, tmp_path, styles)
     assert first["ready"] and first["child_s"] is not None
     assert first["cache"]["graph_hit"] > 0 and first["cache"]["aot_hit"] > 0
     assert "graph_miss" not in first["cache"] and "aot_miss" not in first["cache"]
     [marker] = (tmp_path / "cache" / "filled-by-child").iterdir()
 
-    restart = start_and_compile(env_for, tmp_path)  # the marker says the cache is filled: no child
+    # Another style: the marker still says the cache is filled, and no child runs
+    styles.write_text(lora_style("ink", loras["ink"]) + lora_style("neon", loras["neon"]))
+    restart = start_and_compile(env_for, tmp_path, styles)
     assert restart["ready"] and restart["child_s"] is None
     assert "graph_miss" not in restart["cache"] and "aot_miss" not in restart["cache"]
     assert list((tmp_path / "cache" / "filled-by-child").iterdir()) == [marker]

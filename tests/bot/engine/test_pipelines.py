@@ -22,6 +22,14 @@ def test_three_tasks_share_one_set_of_weights(pipes: Pipelines) -> None:
     assert pipes.codec.vae is pipes.text2img.vae
 
 
+def test_no_weight_wants_gradients(tiny_decoder_pipes: Pipelines) -> None:
+    """As after peft's adapters are loaded, so that the compiled graphs are the same with or without styles."""
+    text2img = tiny_decoder_pipes.text2img
+    models = [text2img.unet, text2img.vae, text2img.text_encoder, text2img.text_encoder_2]
+    for model in [*models, tiny_decoder_pipes.codec.decoder]:
+        assert not any(weight.requires_grad for weight in model.parameters()), type(model).__name__
+
+
 def test_every_model_keeps_the_dtype_it_was_loaded_in(settings: Settings) -> None:
     # diffusers' `from_pipe` would cast the shared models of all three pipelines to float32
     pipes = load_pipelines(settings.model_copy(update={"dtype": "bfloat16"}))
