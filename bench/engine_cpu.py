@@ -20,11 +20,10 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from PIL import Image
 
 from bench.streams import time_stream
 from bot.engine.generation import generate
-from bot.engine.images import encode_png
+from bot.engine.images import Picture, encode_png
 from bot.engine.pipelines import Pipelines, load_pipelines
 from bot.engine.requests import GenerationRequest, Kind, bucket_sizes, check_inputs
 from bot.settings import Settings
@@ -64,7 +63,7 @@ def main() -> None:
     generate(pipes, requests[:1])  # warm-up
     ready = generate(pipes, requests[:1])[0]
 
-    def ready_runner(batch: Sequence[GenerationRequest], should_stop: Callable[[], bool]) -> list[list[Image.Image]]:
+    def ready_runner(batch: Sequence[GenerationRequest], should_stop: Callable[[], bool]) -> list[list[Picture]]:
         return [ready * request.count for request in batch]
 
     run = functools.partial(generate, pipes)

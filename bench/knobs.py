@@ -11,7 +11,7 @@ at batch 8. On a GPU, the second row replays the first row's calls from CUDA gra
 rows after it). A row's `max diff` is its largest difference from the first row's output: a switch must not
 change the pictures beyond rounding. Then PNG encoding per image on 1 to 8 threads, as Pillow did it before and as
 `encode_png` does it now, of a noise image (what random weights make; the worst case), a photo-like one and a
-smooth one.
+smooth one. Last, the hand-off of a decoded batch to the PNG encoder, through PIL images and as arrays.
 """
 
 from __future__ import annotations
@@ -176,6 +176,32 @@ def png_rows(side: int, image_count: int) -> None:
             print(f"| {label:<32} | {size / 2**20:5.2f} MiB | " + " | ".join(cells), flush=True)
 
 
+def handoff_rows(side: int, image_count: int, rounds: int = 5) -> None:
+    """From a decoded batch's pixels (one array, as `LatentCodec.decode` has them off the GPU) to PNGs, per image:
+    the GPU thread's share (it waits meanwhile, and so does the GPU) and the PNG thread's, one thread each. Through
+    a PIL image, as before, there is a copy into Pillow's 4-byte pixels and another back. The ways take turns,
+    and each keeps its best round (the first also pays for fresh memory pages)."""
+    batch = np.random.default_rng(1).integers(0, 256, (image_count, side, side, 3), dtype=np.uint8)
+    ways = {
+        "PIL image (before)": (lambda: [Image.fromarray(pixels) for pixels in batch], np.asarray),
+        "array (served)": (lambda: list(batch), lambda picture: picture),
+    }
+    best = {name: [float("inf"), float("inf")] for name in ways}  # GPU thread, PNG thread
+    for _ in range(rounds):
+        for name, (hand_over, read_back) in ways.items():
+            start = time.perf_counter()
+            pictures = hand_over()
+            handed = time.perf_counter()
+            for picture in pictures:
+                encode_png(read_back(picture), PNG_PARAMETERS)
+            best[name] = [min(best[name][0], handed - start), min(best[name][1], time.perf_counter() - handed)]
+    for name, (gpu_thread, png_thread) in best.items():
+        cells = [f"GPU thread {gpu_thread * 1000 / image_count:6.2f} ms/img",
+                 f"PNG thread {png_thread * 1000 / image_count:6.1f} ms/img"]  # fmt: skip
+        label = f"hand-off, {name}"
+        print(f"| {label:<32} | {' ' * 9} | " + " | ".join(cells), flush=True)
+
+
 def encode_seconds(encode: Callable[[Image.Image], bytes], pictures: list[Image.Image], workers: int) -> float:
     """Wall time to encode `pictures` on a pool of `workers` threads (started beforehand)."""
     with ThreadPoolExecutor(workers) as pool:
@@ -194,6 +220,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.png_only:
         png_rows(1024, image_count=8)
+        handoff_rows(1024, image_count=8)
         return
     device = torch.device(args.device)
     resolution = 256 if args.tiny else 1024
@@ -237,6 +264,7 @@ def main() -> None:
         {batches[-1]: decoder_inputs(tiny, side, batches[-1])},
     )
     png_rows(resolution, image_count=8)
+    handoff_rows(resolution, image_count=8)
 
 
 if __name__ == "__main__":

@@ -24,11 +24,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TypeVar
 
-from PIL import Image
-
 from bot import log_context
 from bot.engine.fairqueue import FairQueue
-from bot.engine.images import encode_png
+from bot.engine.images import Picture, encode_png
 from bot.engine.requests import GenerationRequest, denoising_steps
 from bot.errors import (
     GenerationFailed,
@@ -44,7 +42,7 @@ from bot.metrics import Metrics
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-BatchRunner = Callable[[Sequence[GenerationRequest], Callable[[], bool]], list[list[Image.Image]]]
+BatchRunner = Callable[[Sequence[GenerationRequest], Callable[[], bool]], list[list[Picture]]]
 """Runs one batch on the GPU thread; the second argument says when to stop early (timeout, shutdown)."""
 
 INITIAL_SECONDS_PER_IMAGE = 1.0  # ETA guess until the first batch is measured
@@ -318,7 +316,7 @@ class Executor(JobQueue):
             self._finishing.add(task)
             task.add_done_callback(self._finishing.discard)
 
-    async def _generate(self, requests: list[GenerationRequest]) -> list[list[Image.Image]]:
+    async def _generate(self, requests: list[GenerationRequest]) -> list[list[Picture]]:
         """Run the batch on the GPU thread, interrupting it between steps when it overruns its timeout."""
         self._stop_running.clear()
         stop = self._stop_running
@@ -333,7 +331,7 @@ class Executor(JobQueue):
                 f"Generation took longer than {self.batch_timeout:.0f} s and was stopped. Please try again."
             ) from None
 
-    async def _finish(self, job: Job, images: list[Image.Image], generation_time: float, batch_images: int) -> None:
+    async def _finish(self, job: Job, images: list[Picture], generation_time: float, batch_images: int) -> None:
         request = job.request
         parameters = [
             {

@@ -12,9 +12,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 from diffusers import DiffusionPipeline
-from PIL import Image
 
 from bot.engine.compiled import BatchShape
+from bot.engine.images import Picture
 from bot.engine.pipelines import Pipelines
 from bot.engine.requests import GenerationRequest, Kind, check_inputs, scheduled_steps
 from bot.engine.vae import NonFiniteOutput
@@ -29,8 +29,8 @@ def generate(
     pipes: Pipelines,
     requests: Sequence[GenerationRequest],
     should_stop: Callable[[], bool] = lambda: False,
-) -> list[list[Image.Image]]:
-    """Images for each request, in order. All requests must share one `batch_key`."""
+) -> list[list[Picture]]:
+    """Pictures for each request, in order. All requests must share one `batch_key`."""
     # 1. Check the batch is one pipeline call
     first = requests[0]
     if any(request.batch_key != first.batch_key for request in requests):
@@ -63,7 +63,7 @@ def render(
     pipes: Pipelines,
     requests: Sequence[GenerationRequest],
     should_stop: Callable[[], bool] = lambda: False,
-) -> list[Image.Image]:
+) -> list[Picture]:
     """Denoise and decode one batch on `pipes`, one seeded generator per image."""
     generators = [torch.Generator("cpu").manual_seed(seed) for request in requests for seed in request.seeds]
     latents = _denoise(pipes, requests, generators, should_stop)

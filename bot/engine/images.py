@@ -21,6 +21,11 @@ from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 from bot.engine.requests import nearest_aspect
 from bot.errors import InvalidImage
 
+# A generated picture: RGB, (height, width, 3), uint8. An array rather than a PIL image: the PNG encoder reads it
+# as it is, where a PIL image costs a copy into Pillow's four bytes a pixel on the GPU thread and another copy
+# back (`bench.knobs --png-only`, its hand-off rows).
+Picture = np.ndarray
+
 ACCEPTED_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "GIF"})
 MAX_INPUT_BYTES = 25 * 1024 * 1024
 MAX_INPUT_PIXELS = 4096 * 4096
@@ -132,7 +137,7 @@ def prepare_mask(mask: Image.Image, image_size: tuple[int, int], buckets: Mappin
     return fitted
 
 
-def encode_png(image: Image.Image, parameters: Mapping[str, object]) -> bytes:
+def encode_png(image: Picture | Image.Image, parameters: Mapping[str, object]) -> bytes:
     """PNG with each parameter as a text chunk, plus one `parameters` line in the form other tools read.
 
     libpng encodes (through imagecodecs), not Pillow: Pillow tries all five row filters on every row and has no

@@ -5,9 +5,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 
-from PIL import Image
-
 from bot.engine.generation import generate
+from bot.engine.images import Picture
 from bot.engine.pipelines import Pipelines
 from bot.engine.requests import GenerationRequest
 
@@ -30,9 +29,7 @@ class RecordingRunner:
     def prompts(self) -> list[str]:
         return [prompt for batch in self.batches for prompt in batch]
 
-    def __call__(
-        self, requests: Sequence[GenerationRequest], should_stop: Callable[[], bool]
-    ) -> list[list[Image.Image]]:
+    def __call__(self, requests: Sequence[GenerationRequest], should_stop: Callable[[], bool]) -> list[list[Picture]]:
         self.waiting.set()
         self.gate.wait(timeout=60)
         self.waiting.clear()

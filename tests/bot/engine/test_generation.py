@@ -38,7 +38,8 @@ def test_every_task_gives_the_bucket_size(pipes: Pipelines, buckets, aspect: str
     }
     for request in requests.values():
         [[image]] = generate(pipes, [request])
-        assert image.size == size and image.mode == "RGB"
+        width, height = size
+        assert image.shape == (height, width, 3) and image.dtype == np.uint8  # RGB
 
 
 def test_same_seed_gives_identical_pixels(pipes: Pipelines, buckets) -> None:
@@ -109,7 +110,7 @@ def test_a_tiny_autoencoder_decodes_the_same_latents_into_other_pixels(
     for request in requests:
         [[full]] = generate(pipes, [request])
         [[tiny]] = generate(tiny_decoder_pipes, [request])
-        assert tiny.size == full.size == (request.width, request.height)
+        assert tiny.shape == full.shape == (request.height, request.width, 3)
         assert np.abs(np.asarray(tiny, dtype=np.int16) - np.asarray(full, dtype=np.int16)).mean() > 1
         latents = tiny_decoder_pipes.codec.encode([full])  # the full VAE encodes, whatever decodes
         assert torch.equal(latents, pipes.codec.encode([full]))
