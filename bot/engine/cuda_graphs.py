@@ -120,15 +120,15 @@ class GraphedForward:
             return self._forward(*args, **kwargs)
         with _REPLAY_LOCK:
             captured = self._graphs.get(key)
-            if captured is None:
-                if len(self._graphs) >= self._max_graphs:
-                    return self._forward(*args, **kwargs)
+            if captured is not None:
+                for own, leaf in zip(captured.inputs, leaves, strict=True):
+                    if isinstance(own, torch.Tensor):
+                        own.copy_(leaf)
+                captured.graph.replay()
+                return pytree.tree_map_only(torch.Tensor, torch.clone, captured.graph.outputs)
+            if len(self._graphs) < self._max_graphs:  # a capture allocates from the shared pool: under the lock
                 return self._run_and_capture(key, leaves, spec)
-            for own, leaf in zip(captured.inputs, leaves, strict=True):
-                if isinstance(own, torch.Tensor):
-                    own.copy_(leaf)
-            captured.graph.replay()
-            return pytree.tree_map_only(torch.Tensor, torch.clone, captured.graph.outputs)
+        return self._forward(*args, **kwargs)
 
     def _signature(self, leaves: list[Any], spec: pytree.TreeSpec) -> Hashable | None:
         """What a graph is valid for; None: a call this never graphs (its batch size, or an argument that
