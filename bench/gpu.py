@@ -240,8 +240,9 @@ def bare_seconds(bench: Bench, pipes: Pipelines, buckets, tag: str) -> float:
 
 
 def measure_graphs(bench: Bench, ours: Pipelines, column: str, buckets) -> None:
-    """Lone requests with the UNet's batches of one replayed from CUDA graphs (`CUDA_GRAPHS`), square bucket
-    only: the first request captures, later ones replay. The memory the capture reserved is its graphs' pool; it
+    """Lone requests with the UNet's batches of one, and the text encoders' new prompts, replayed from CUDA graphs
+    (`CUDA_GRAPHS`), square bucket only: the first request captures, later ones replay (new against cached
+    prompts shows the text encoders' part). The memory the capture reserved is its graphs' pool; it
     goes back when they do, at the end."""
     gc.collect()
     torch.cuda.empty_cache()

@@ -47,7 +47,7 @@ from diffusers import StableDiffusionXLPipeline
 from bot.engine.adapters import StyleAdapters, is_adapter_weight
 from bot.engine.compile_cache import compile_cache_counters
 from bot.engine.fused_styles import FusedStyles, adapter_free_twin
-from bot.engine.pipelines import Pipelines, assemble_pipelines, pipeline_over
+from bot.engine.pipelines import TEXT_ENCODERS, Pipelines, assemble_pipelines, pipeline_over
 from bot.engine.requests import GenerationRequest, Kind, check_inputs
 from bot.engine.thread_local_tracing import make_tracing_thread_local
 from bot.engine.weight_sharing import weight_sharing_twin
@@ -59,7 +59,6 @@ RECOMPILE_LIMIT = 64
 COMPILE_WORKERS_TIMEOUT = 120  # seconds for inductor's worker processes to start (they import torch)
 COMPILE_SWITCH_INTERVAL = 0.0001  # seconds; see `quick_gil_handoffs`
 RECOMPILE_REFUSED = "fail_on_recompile"  # torch's message names the stance that refused to recompile
-TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
 
 
 @dataclass(frozen=True)

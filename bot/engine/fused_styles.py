@@ -21,13 +21,19 @@ the UNet then runs as if no adapter existed: 0.88 to 1.03x (once 1.29x).
   weights are inputs to the compiled graphs, so one set of graphs serves every style.
 - Unstyled batches run on a twin of the eager UNet in which each adapter layer is the layer it adapts: it
   computes exactly what the eager UNet computes with its adapters off, without peft's checks in 272 layers
-  (0.87 to 0.98x the time of a forward through the adapter layers switched off), and holds no memory.
-- With `CUDA_GRAPHS`, both UNets are graphed twins (bot.engine.cuda_graphs), and the pipelines here serve unstyled
-  batches even where no style brought adapter layers: batches of one replay CUDA graphs. A fuse copies into the
+  (0.87 to 0.98x the time of a forward through the adapter layers switched off), and holds no memory. Their
+  prompts are encoded on such twins of the text encoders. Styled batches keep the eager text encoders, whose
+  adapter layers the style switches on (its LoRA may adapt them too).
+- With `CUDA_GRAPHS`, both UNets and the unstyled batches' text encoders are graphed twins
+  (bot.engine.cuda_graphs), and the pipelines here serve unstyled batches even where no style brought adapter
+  layers: batches of one image replay CUDA graphs, and so does encoding one new prompt. A fuse copies into the
   fused weights, so the graphs captured on them serve every style.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TypeVar
 
 import torch
 from diffusers import DiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
@@ -35,13 +41,14 @@ from peft.tuners import lora
 
 from bot.engine.adapters import adapter_of, tuner_layers
 from bot.engine.cuda_graphs import Capture, graphed_twin
-from bot.engine.pipelines import Pipelines, pipeline_over, task_pipelines
+from bot.engine.pipelines import TEXT_ENCODERS, Pipelines, pipeline_over, task_pipelines
 from bot.engine.requests import Kind
 from bot.engine.weight_sharing import weight_sharing_twin
 from bot.styles import Style
 
 FUSABLE_LAYERS = (lora.Linear, lora.Conv2d)
 AdaptedLayer = lora.Linear | lora.Conv2d
+Model = TypeVar("Model", bound=torch.nn.Module)
 
 
 class FusedUNet:
@@ -91,11 +98,15 @@ class FusedStyles:
         plain_unet: UNet2DConditionModel | None,
         fused: FusedUNet | None,
         fused_unet: torch.nn.Module | None = None,
+        plain_encoders: Mapping[str, torch.nn.Module] | None = None,
     ) -> None:
-        """Pipelines over `pipes`' components with `plain_unet` for unstyled batches (None: `pipes`' own serve
-        them), and with `fused_unet` for the styles `fused` holds: its own UNet, or a (compiled) twin of it that
-        shares its fused weights."""
-        self._plain = _task_pipelines_over(pipes, plain_unet) if plain_unet is not None else {}
+        """Pipelines over `pipes`' components with `plain_unet` and `plain_encoders` (text encoders by attribute
+        name, in place of `pipes`' own) for unstyled batches (no `plain_unet`: `pipes`' own serve them), and with
+        `fused_unet` for the styles `fused` holds: its own UNet, or a (compiled) twin of it that shares its fused
+        weights."""
+        self._plain: dict[Kind, DiffusionPipeline] = {}
+        if plain_unet is not None:
+            self._plain = _task_pipelines_over(pipes, plain_unet, **(plain_encoders or {}))
         self.fused = fused
         if fused is not None and fused_unet is None:
             fused_unet = fused.unet
@@ -104,15 +115,17 @@ class FusedStyles:
     @classmethod
     def of(cls, eager: Pipelines, *, fuse: bool, capture: Capture | None = None) -> FusedStyles:
         """For the eager pipelines; `fuse`: a `FusedUNet` too (it takes memory); `capture`: both UNets replay
-        graphs for batches of one (bot.engine.cuda_graphs)."""
+        graphs for batches of one, and the unstyled batches' text encoders for one prompt (bot.engine.cuda_graphs)."""
         unet = eager.text2img.unet
         plain_unet = adapter_free_twin(unet)
+        plain_encoders = {name: adapter_free_twin(getattr(eager.text2img, name)) for name in TEXT_ENCODERS}
         fused = FusedUNet(unet) if fuse else None
         fused_unet = None
         if capture is not None:
             plain_unet = graphed_twin(plain_unet, capture)
+            plain_encoders = {name: graphed_twin(encoder, capture) for name, encoder in plain_encoders.items()}
             fused_unet = graphed_twin(fused.unet, capture) if fused is not None else None
-        return cls(eager, plain_unet=plain_unet, fused=fused, fused_unet=fused_unet)
+        return cls(eager, plain_unet=plain_unet, fused=fused, fused_unet=fused_unet, plain_encoders=plain_encoders)
 
     @property
     def adapters(self) -> frozenset[str]:
@@ -131,11 +144,11 @@ class FusedStyles:
         return self._fused[kind]
 
 
-def adapter_free_twin(unet: UNet2DConditionModel) -> UNet2DConditionModel:
-    """A twin of `unet` (sharing every weight) in which each peft adapter layer is the layer it adapts: it computes
-    exactly what `unet` computes with its adapters off, without peft's checks in every adapted layer."""
-    twin = weight_sharing_twin(unet)
-    for name, _ in tuner_layers(unet):
+def adapter_free_twin(model: Model) -> Model:
+    """A twin of `model` (sharing every weight) in which each peft adapter layer is the layer it adapts: it computes
+    exactly what `model` computes with its adapters off, without peft's checks in every adapted layer."""
+    twin = weight_sharing_twin(model)
+    for name, _ in tuner_layers(model):
         twin.set_submodule(name, twin.get_submodule(name).get_base_layer())
     return twin
 
@@ -170,8 +183,10 @@ def _adapted_layers(unet: UNet2DConditionModel) -> list[tuple[str, AdaptedLayer]
     return [(name, layer) for name, layer in tuner_layers(unet) if _fusable_layer(layer)]
 
 
-def _task_pipelines_over(eager: Pipelines, unet: UNet2DConditionModel) -> dict[Kind, DiffusionPipeline]:
-    text2img = pipeline_over(StableDiffusionXLPipeline, eager.text2img, unet=unet)
+def _task_pipelines_over(
+    eager: Pipelines, unet: torch.nn.Module, **text_encoders: torch.nn.Module
+) -> dict[Kind, DiffusionPipeline]:
+    text2img = pipeline_over(StableDiffusionXLPipeline, eager.text2img, unet=unet, **text_encoders)
     img2img, inpaint = task_pipelines(text2img)
     return {Kind.IMAGINE: text2img, Kind.REMIX: img2img, Kind.INPAINT: inpaint}
 

@@ -122,6 +122,10 @@ def _denoise(
 def warm_up(pipes: Pipelines, buckets: dict[str, tuple[int, int]]) -> None:
     """One one-step image per bucket at start, so that no user pays for lazy initialisation. Call it on the
     thread that will serve: much of that initialisation is per thread and per shape (cuDNN's convolution plans).
-    On an H100 the first request on a new thread took 1.7 s against 0.7 s."""
+    On an H100 the first request on a new thread took 1.7 s against 0.7 s.
+
+    Each bucket's prompt is its own, so that the text encoders run here whatever the prompt cache holds (the
+    compile thread's warm-up fills it too): with `CUDA_GRAPHS`, this captures their graphs."""
     for aspect in buckets:
-        generate(pipes, [check_inputs(Kind.IMAGINE, "warm-up", buckets=buckets, aspect=aspect, steps=1, seed=0)])
+        request = check_inputs(Kind.IMAGINE, f"warm-up {aspect}", buckets=buckets, aspect=aspect, steps=1, seed=0)
+        generate(pipes, [request])

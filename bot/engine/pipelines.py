@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2")  # the SDXL pipelines' attribute names
 SharingPipeline = TypeVar(
     "SharingPipeline", StableDiffusionXLPipeline, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline
 )

@@ -156,14 +156,23 @@ def build_tiny_decoder(folder: Path) -> Path:
     return folder
 
 
-def build_tiny_lora(unet_folder: Path, out_file: Path, *, seed: int, rank: int = 4, dropout: float = 0.0) -> Path:
+def build_tiny_lora(
+    unet_folder: Path,
+    out_file: Path,
+    *,
+    seed: int,
+    rank: int = 4,
+    dropout: float = 0.0,
+    text_encoder_folder: Path | None = None,
+) -> Path:
     """A random LoRA for the tiny UNet's attention projections, saved as diffusers saves LoRAs. peft's default
     initialisation makes a LoRA that changes nothing; `init_lora_weights=False` gives random weights that do.
     With `dropout`, the file also carries its training configuration (as diffusers' training scripts save it),
-    from which diffusers rebuilds the adapter's dropout layers when it loads the file."""
+    from which diffusers rebuilds the adapter's dropout layers when it loads the file. With
+    `text_encoder_folder`, it adapts that text encoder's attention projections too, as many styles' LoRAs do."""
     if out_file.exists():
         return out_file
-    from peft import LoraConfig
+    from peft import LoraConfig, inject_adapter_in_model
     from peft.utils import get_peft_model_state_dict
 
     torch.manual_seed(seed)
@@ -176,10 +185,19 @@ def build_tiny_lora(unet_folder: Path, out_file: Path, *, seed: int, rank: int =
         target_modules=["to_q", "to_k", "to_v", "to_out.0"],
     )
     unet.add_adapter(config)
+    text_encoder_layers = None
+    if text_encoder_folder is not None:
+        text_encoder = CLIPTextModel.from_pretrained(text_encoder_folder)
+        targets = ["q_proj", "k_proj", "v_proj"]
+        inject_adapter_in_model(
+            LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False, target_modules=targets), text_encoder
+        )
+        text_encoder_layers = get_peft_model_state_dict(text_encoder)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     StableDiffusionXLPipeline.save_lora_weights(
         out_file.parent,
         unet_lora_layers=get_peft_model_state_dict(unet),
+        text_encoder_lora_layers=text_encoder_layers,
         weight_name=out_file.name,
         unet_lora_adapter_metadata=config.to_dict() if dropout else None,
     )

@@ -1,6 +1,6 @@
 """Batches of one replayed from graphs, on the CPU with `RerunGraph` standing in for a CUDA graph (none can be
 captured without a GPU): the graphs' inputs, outputs, signatures and fallbacks, and the pictures they paint on
-the tiny model against the eager UNet's."""
+the tiny model against the eager UNet's, and the prompts they encode against the eager text encoders'."""
 
 from __future__ import annotations
 
@@ -16,12 +16,14 @@ from PIL import Image
 from bot.engine.adapters import StyleAdapters
 from bot.engine.cuda_graphs import GraphedForward
 from bot.engine.fused_styles import FusedStyles
-from bot.engine.generation import generate
+from bot.engine.generation import generate, warm_up
 from bot.engine.pipelines import Pipelines, load_pipelines
 from bot.engine.requests import Kind, check_inputs
+from bot.engine.text_embeddings import TextEmbeddingCache
 from bot.settings import Settings
 from bot.styles import Style, StyleBook
 from tests.support.graphs import RerunCapture
+from tests.support.tiny_model import TinyModel, build_tiny_lora
 
 
 def scaled(x: torch.Tensor, *, scale: float = 2.0) -> torch.Tensor:
@@ -85,7 +87,9 @@ def pixels(pipes: Pipelines, requests) -> np.ndarray:
 
 
 def with_graphs(pipes: Pipelines, capture: RerunCapture, *, fuse: bool = False) -> Pipelines:
-    return dataclasses.replace(pipes, fused_styles=FusedStyles.of(pipes, fuse=fuse, capture=capture))
+    """`pipes` with graphs, and a prompt cache of their own, so that they encode every prompt themselves."""
+    fused_styles = FusedStyles.of(pipes, fuse=fuse, capture=capture)
+    return dataclasses.replace(pipes, fused_styles=fused_styles, embeddings=TextEmbeddingCache())
 
 
 def test_batches_of_one_replay_graphs_that_paint_what_the_eager_unet_paints(pipes: Pipelines, buckets) -> None:
@@ -104,9 +108,22 @@ def test_batches_of_one_replay_graphs_that_paint_what_the_eager_unet_paints(pipe
     for request in requests:
         assert np.array_equal(pixels(graphed, [request]), pixels(pipes, [request])), request.kind
     unet = graphed.for_kind(Kind.IMAGINE).unet
-    assert unet.forward.graphs == len(capture.graphs) == 2  # the two aspects; remix and inpaint replay 1:1's
+    assert unet.forward.graphs == 2  # the two aspects; remix and inpaint replay 1:1's
+    assert len(capture.graphs) == 4  # and one for each text encoder
     assert capture.replays > 0
     assert {id(tensor) for tensor in unet.parameters()} <= {id(tensor) for tensor in pipes.text2img.unet.parameters()}
+
+
+def test_the_serving_warm_up_captures_every_graph_an_unstyled_request_alone_replays(pipes: Pipelines, buckets) -> None:
+    capture = RerunCapture()
+    graphed = with_graphs(pipes, capture)
+    # The compile thread's warm-up may have encoded its prompt first, into the same cache.
+    graphed.embeddings.pipeline_inputs(graphed.text2img, ["warm-up"], [""], with_negative=False)
+    warm_up(graphed, buckets)
+    assert len(capture.graphs) == len(buckets) + 2  # the UNet's for each bucket, and each text encoder's
+    for aspect in ("1:1", "16:9"):
+        generate(graphed, [check_inputs(Kind.IMAGINE, f"a new prompt {aspect}", buckets=buckets, aspect=aspect)])
+    assert len(capture.graphs) == len(buckets) + 2
 
 
 def test_a_larger_batch_runs_eager(pipes: Pipelines, buckets) -> None:
@@ -114,7 +131,7 @@ def test_a_larger_batch_runs_eager(pipes: Pipelines, buckets) -> None:
     graphed = with_graphs(pipes, capture)
     two = [check_inputs(Kind.IMAGINE, "a fox", buckets=buckets, seed=1, steps=2, count=2)]
     assert np.array_equal(pixels(graphed, two), pixels(pipes, two))
-    assert capture.graphs == []
+    assert graphed.for_kind(Kind.IMAGINE).unet.forward.graphs == 0
 
 
 def test_styled_batches_of_one_replay_one_graph_for_every_fused_style(
@@ -139,3 +156,52 @@ def test_styled_batches_of_one_replay_one_graph_for_every_fused_style(
         assert np.array_equal(pixels(graphed, request(style)), pixels(fused, request(style))), style
     assert graphed.for_kind(Kind.IMAGINE, book.get("ink")).unet.forward.graphs == 1
     assert graphed.for_kind(Kind.IMAGINE).unet.forward.graphs == 1
+
+
+def encoded(pipe, prompt: str) -> tuple[torch.Tensor, ...]:
+    """A prompt and a negative, encoded as the prompt cache encodes them: one call, without autograd."""
+    with torch.no_grad():
+        return pipe.encode_prompt(
+            prompt=[prompt],
+            device=pipe._execution_device,
+            num_images_per_prompt=1,
+            do_classifier_free_guidance=True,
+            negative_prompt=["blurry"],
+        )
+
+
+def test_a_new_prompt_alone_is_encoded_by_replaying_the_text_encoders_graphs(pipes: Pipelines) -> None:
+    capture = RerunCapture()
+    graphed = with_graphs(pipes, capture).for_kind(Kind.IMAGINE)
+    for prompt in ("a fox", "a lighthouse at dusk", "a fox"):
+        ours, eager = encoded(graphed, prompt), encoded(pipes.text2img, prompt)
+        assert all(torch.equal(mine, theirs) for mine, theirs in zip(ours, eager, strict=True)), prompt
+    assert graphed.text_encoder.forward.graphs == graphed.text_encoder_2.forward.graphs == 1
+    assert len(capture.graphs) == 2 and capture.replays > 0
+
+
+def test_styles_encode_their_prompts_with_their_adapters_and_unstyled_prompts_replay_graphs(
+    settings: Settings, tiny_model: TinyModel, tmp_path: Path, buckets
+) -> None:
+    encoder = tiny_model.base / "text_encoder"
+    pencil = build_tiny_lora(tiny_model.lcm_unet, tmp_path / "pencil.safetensors", seed=7, text_encoder_folder=encoder)
+    book = StyleBook([Style(name="pencil", description="Pencil", lora=str(pencil))])
+    pipes = load_pipelines(settings)
+    pipes.styles = StyleAdapters.load(pipes.text2img, book)
+    fused = dataclasses.replace(pipes, fused_styles=FusedStyles.of(pipes, fuse=True), embeddings=TextEmbeddingCache())
+    capture = RerunCapture()
+    graphed = with_graphs(pipes, capture, fuse=True)
+
+    def request(prompt: str, style: str | None) -> list:
+        return [check_inputs(Kind.IMAGINE, prompt, buckets=buckets, seed=5, steps=2, style=style, styles=book)]
+
+    for prompt, style in (("a fox", None), ("a fox", "pencil"), ("an owl", "pencil"), ("an owl", None)):
+        reference = pipes if style is None else fused
+        assert np.array_equal(pixels(graphed, request(prompt, style)), pixels(reference, request(prompt, style)))
+    plain = graphed.for_kind(Kind.IMAGINE)
+    assert plain.text_encoder.forward.graphs == 1
+    cached = {  # the style's adapter changes what its prompt encodes to: this test would see it frozen out
+        style: graphed.embeddings.pipeline_inputs(plain, ["a fox"], [""], with_negative=False, variant=style)
+        for style in (None, "pencil")
+    }
+    assert not torch.equal(cached[None]["prompt_embeds"], cached["pencil"]["prompt_embeds"])
