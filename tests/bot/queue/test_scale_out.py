@@ -8,7 +8,7 @@ import asyncio
 import os
 import shutil
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import msgpack
@@ -84,7 +84,7 @@ async def test_jobs_spread_over_two_workers(workers: Workers, remote: RemoteExec
     results = await asyncio.wait_for(asyncio.gather(*(job.result() for job in jobs)), 180)
     assert all(len(result.images) == 1 and result.images[0].startswith(b"\x89PNG") for result in results)
     assert len({worker_of(remote, job) for job in jobs}) == 2
-    await asyncio.wait_for(_until(lambda: remote.workers_alive == 2), 15)  # counted every few seconds
+    await _until(lambda: remote.workers_alive == 2, 15)  # counted every few seconds
 
 
 async def test_a_worker_killed_mid_job_leaves_it_to_another(
@@ -94,7 +94,7 @@ async def test_a_worker_killed_mid_job_leaves_it_to_another(
     request = check_inputs(Kind.IMAGINE, "a slow fox", buckets=buckets, steps=8, count=2)
     job = remote.submit(request, user_id=1)
     with redis.Redis.from_url(redis_server.url) as queue:
-        await asyncio.wait_for(_until(lambda: job.state.value == "running" and queue.llen("celery") == 0), 30)
+        await _until(lambda: job.state.value == "running" and queue.llen("celery") == 0, 30)
     first.send_signal(signal.SIGKILL)
     first.wait(10)
     assert AsyncResult(task_id_for(job), app=remote._app).state != "SUCCESS", "the job ended before the kill"
@@ -140,10 +140,10 @@ async def test_a_restarted_bot_collects_what_finished_while_it_was_down(
     request = check_inputs(Kind.IMAGINE, "a patient fox", buckets=buckets, steps=2, seed=3)
     async with open_remote_executor(settings_for) as first:
         job = first.submit(request, user_id=1, key="request-17")
-        await _until(lambda: job.state.value == "running")
+        await _until(lambda: job.state.value == "running", 30)
     # the bot is down; the worker finishes the job, then goes away too
     task = AsyncResult(task_id_for(job), app=workers.app)
-    await asyncio.wait_for(_until(lambda: task.state == "SUCCESS"), 60)
+    await _until(lambda: task.state == "SUCCESS", 60)
     worker.terminate()
     worker.wait(30)
     async with open_remote_executor(settings_for) as second:
@@ -169,7 +169,7 @@ async def test_a_forged_result_fails_its_job_and_the_next_result_still_arrives(
     monkeypatch.setattr(remote_module, "SWEEP_SECONDS", 3600)
     async with open_remote_executor(settings_for) as remote:
         forged = remote.submit(check_inputs(Kind.IMAGINE, "forged", buckets=buckets, steps=1), user_id=1)
-        await asyncio.wait_for(_until(lambda: forged.state.value == "running"), 30)
+        await _until(lambda: forged.state.value == "running", 30)
         key = remote._app.backend.get_key_for_task(task_id_for(forged))
         with redis.Redis.from_url(redis_server.url) as channel:
             for record in (b"\x80\x04not msgpack", msgpack.packb({"status": "SUCCESS", "result": {"error": 7}})):
@@ -210,6 +210,8 @@ class MakesADirectory:
         return (os.mkdir, (str(self.path),))
 
 
-async def _until(condition) -> None:
-    while not condition():
-        await asyncio.sleep(0.02)
+async def _until(condition: Callable[[], bool], seconds: float) -> None:
+    """Poll until `condition` holds; TimeoutError after `seconds`, so that no test hangs on it."""
+    async with asyncio.timeout(seconds):
+        while not condition():
+            await asyncio.sleep(0.02)
