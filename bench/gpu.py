@@ -210,7 +210,7 @@ def measure_ours(bench: Bench, ours: Pipelines, column: str, buckets, requests: 
     bench.record("  the same without queue and PNG, s", column, f"{bare_seconds(bench, ours, buckets, column):.3f}")
     if bench.device.type == "cuda" and ours.compiled is None:
         try:
-            measure_graphs(bench, ours, column, buckets)
+            measure_graphs(bench, ours, column, buckets, requests=requests, users=users, batch=batch)
         except Exception as exc:  # said, and the rest of the table still gets its GPU time
             print(f"CUDA graphs rows failed: {exc!r}", flush=True)
         gc.collect()  # the graphs' module trees hold references to themselves
@@ -239,15 +239,19 @@ def bare_seconds(bench: Bench, pipes: Pipelines, buckets, tag: str) -> float:
     return statistics.median(bench.seconds(lambda request=request: generate(pipes, [request])) for request in fresh)
 
 
-def measure_graphs(bench: Bench, ours: Pipelines, column: str, buckets) -> None:
+def measure_graphs(
+    bench: Bench, ours: Pipelines, column: str, buckets, *, requests: int, users: int, batch: int
+) -> None:
     """Lone requests with the UNet's batches of one, and the text encoders' new prompts, replayed from CUDA graphs
     (`CUDA_GRAPHS`), square bucket only: the first request captures, later ones replay (new against cached
-    prompts shows the text encoders' part). The memory the capture reserved is its graphs' pool; it
-    goes back when they do, at the end."""
+    prompts shows the text encoders' part). Then the stream, where only the text encoders replay graphs (up to
+    `batch` new prompts). The memory the capture reserved is its graphs' pool; it goes back when they do, at
+    the end."""
     gc.collect()
     torch.cuda.empty_cache()
     reserved_before = torch.cuda.memory_reserved()
-    graphed = dataclasses.replace(ours, fused_styles=FusedStyles.of(ours, fuse=False, capture=cuda_graph_capture()))
+    fused_styles = FusedStyles.of(ours, fuse=False, capture=cuda_graph_capture(), max_prompts=batch)
+    graphed = dataclasses.replace(ours, fused_styles=fused_styles)
     capturing = [check_inputs(Kind.IMAGINE, f"capture {column}", buckets=buckets, seed=1)]
     seconds = bench.seconds(functools.partial(generate, graphed, capturing))
     reserved_gib = (torch.cuda.memory_reserved() - reserved_before) / 2**30
@@ -261,6 +265,20 @@ def measure_graphs(bench: Bench, ours: Pipelines, column: str, buckets) -> None:
     bench.record("CUDA graphs: alone, cached prompt, s", column, f"{statistics.median(seconds[4:]):.3f}")
     bare = bare_seconds(bench, graphed, buckets, f"graphed {column}")
     bench.record("CUDA graphs: alone, no queue or PNG, s", column, f"{bare:.3f}")
+    warm_up = [  # every stream aspect alone and at the largest batch of new prompts: each captures its graphs
+        group
+        for aspect in STREAM_ASPECTS
+        for group in (
+            [check_inputs(Kind.IMAGINE, f"warm-up {aspect}", buckets=buckets, aspect=aspect)],
+            [check_inputs(Kind.IMAGINE, f"warm-up {index}", buckets=buckets, aspect=aspect) for index in range(batch)],
+        )
+    ]
+    stream = stream_requests(buckets, requests, f"graphed {column}")
+    run = functools.partial(generate, graphed)
+    timing = asyncio.run(time_stream(run, stream, users=users, batch_images=batch, warm_up=warm_up))
+    bench.record("CUDA graphs: stream, images/s", column, f"{requests / timing.seconds:.2f}")
+    bench.record("CUDA graphs: stream speed-up", column, f"{bench.plain_stream_seconds / timing.seconds:.2f}x")
+    bench.record("  graphed stream: batches, GPU thread busy", column, f"{timing.batches}, {timing.busy_share:.0%}")
 
 
 def measure_compiled(
@@ -420,7 +438,7 @@ def main() -> None:
     ours = ours_from(plain, device)
     smallest_compiled = 1
     if args.cuda_graphs:  # as the bot with COMPILE and CUDA_GRAPHS (bot.engine.service.load_engine)
-        ours.fused_styles = FusedStyles.of(ours, fuse=False, capture=cuda_graph_capture())
+        ours.fused_styles = FusedStyles.of(ours, fuse=False, capture=cuda_graph_capture(), max_prompts=batch)
         smallest_compiled = 2
     fill_cache = None
     if args.compile_in == "child":  # the child loads the saved model, as a restart does

@@ -108,7 +108,12 @@ class CompiledTwins:
             text2img, eager.device, model_name=eager.model_name, embeddings=eager.embeddings, decoder=tiny
         )
         self.pipes.styles = StyleAdapters(self.pipes.text2img, eager.styles.book)
-        self.pipes.fused_styles = FusedStyles(self.pipes, plain_unet=None, fused=fused, fused_unet=fused_unet)
+        # Unstyled prompts are encoded on the eager side's text encoders without adapter layers (graphed with
+        # CUDA_GRAPHS): nothing switches them, so both threads may run them.
+        plain_encoders = eager.fused_styles.plain_encoders if eager.fused_styles is not None else None
+        self.pipes.fused_styles = FusedStyles(
+            self.pipes, plain_unet=unet, plain_encoders=plain_encoders, fused=fused, fused_unet=fused_unet
+        )
         self.compile_seconds: float | None = None
         self.cache_fill_seconds: float | None = None  # the child's compile, when one filled the cache first
         self.workers_seconds = 0.0  # of `compile_seconds`, the wait for inductor's worker processes

@@ -21,10 +21,11 @@ graph records a forward's kernels once; a replay launches them all with one call
 - Only batches of one for now (`GRAPHED_BATCH_SIZES`): at batch 8 a forward computes long enough per kernel to
   hide its launches (96 ms on the H200, twice batch 1's time for eight times the work). The sizes in between
   wait for a GPU to measure what graphs give them, and the memory their activations would hold.
-- The text encoders of unstyled batches are graphed the same way, for one prompt at a time: a lone request's
-  new prompt, or the one prompt of a batch that the prompt cache lacks. Their 44 layers run before the first
-  step, and a new prompt took 48 and 59 ms longer than a cached one in the H100 table's lone requests (README,
-  Performance). Styled batches keep peft's text encoders, whose adapters the style switches on.
+- The text encoders of unstyled batches are graphed the same way, for every number of new prompts up to the
+  batch size: their activations at 77 tokens a prompt are small. Their 44 layers run before the first step, as
+  launch-bound at 8 prompts as at 1: a new prompt took 48 and 59 ms longer than a cached one in the H100
+  table's lone requests, and a stream's batches encode new prompts each time (README, Performance). Styled
+  batches keep peft's text encoders, whose adapters the style switches on.
 - A capture that fails leaves its signature eager, with one warning.
 """
 
@@ -167,9 +168,11 @@ class GraphedForward:
         return result
 
 
-def graphed_twin(module: torch.nn.Module, capture: Capture) -> torch.nn.Module:
-    """A twin of `module` (sharing every weight) whose batches of one replay graphs. Nothing may copy the twin:
-    its forward is an attribute of its own, bound to it."""
+def graphed_twin(
+    module: torch.nn.Module, capture: Capture, *, batch_sizes: Collection[int] = GRAPHED_BATCH_SIZES
+) -> torch.nn.Module:
+    """A twin of `module` (sharing every weight) whose batches of `batch_sizes` replay graphs. Nothing may copy
+    the twin: its forward is an attribute of its own, bound to it."""
     twin = weight_sharing_twin(module)
-    twin.forward = GraphedForward(twin.forward, capture)
+    twin.forward = GraphedForward(twin.forward, capture, batch_sizes=batch_sizes)
     return twin

@@ -26,8 +26,8 @@ the UNet then runs as if no adapter existed: 0.88 to 1.03x (once 1.29x).
   adapter layers the style switches on (its LoRA may adapt them too).
 - With `CUDA_GRAPHS`, both UNets and the unstyled batches' text encoders are graphed twins
   (bot.engine.cuda_graphs), and the pipelines here serve unstyled batches even where no style brought adapter
-  layers: batches of one image replay CUDA graphs, and so does encoding one new prompt. A fuse copies into the
-  fused weights, so the graphs captured on them serve every style.
+  layers: batches of one image replay CUDA graphs, and so does encoding new prompts, up to a batch's worth. A
+  fuse copies into the fused weights, so the graphs captured on them serve every style.
 """
 
 from __future__ import annotations
@@ -104,18 +104,20 @@ class FusedStyles:
         name, in place of `pipes`' own) for unstyled batches (no `plain_unet`: `pipes`' own serve them), and with
         `fused_unet` for the styles `fused` holds: its own UNet, or a (compiled) twin of it that shares its fused
         weights."""
+        self.plain_encoders = dict(plain_encoders or {})
         self._plain: dict[Kind, DiffusionPipeline] = {}
         if plain_unet is not None:
-            self._plain = _task_pipelines_over(pipes, plain_unet, **(plain_encoders or {}))
+            self._plain = _task_pipelines_over(pipes, plain_unet, **self.plain_encoders)
         self.fused = fused
         if fused is not None and fused_unet is None:
             fused_unet = fused.unet
         self._fused = _task_pipelines_over(pipes, fused_unet) if fused_unet is not None else {}
 
     @classmethod
-    def of(cls, eager: Pipelines, *, fuse: bool, capture: Capture | None = None) -> FusedStyles:
+    def of(cls, eager: Pipelines, *, fuse: bool, capture: Capture | None = None, max_prompts: int = 1) -> FusedStyles:
         """For the eager pipelines; `fuse`: a `FusedUNet` too (it takes memory); `capture`: both UNets replay
-        graphs for batches of one, and the unstyled batches' text encoders for one prompt (bot.engine.cuda_graphs)."""
+        graphs for batches of one image, and the unstyled batches' text encoders for up to `max_prompts` new
+        prompts at once (bot.engine.cuda_graphs)."""
         unet = eager.text2img.unet
         plain_unet = adapter_free_twin(unet)
         plain_encoders = {name: adapter_free_twin(getattr(eager.text2img, name)) for name in TEXT_ENCODERS}
@@ -123,7 +125,10 @@ class FusedStyles:
         fused_unet = None
         if capture is not None:
             plain_unet = graphed_twin(plain_unet, capture)
-            plain_encoders = {name: graphed_twin(encoder, capture) for name, encoder in plain_encoders.items()}
+            prompts = range(1, max_prompts + 1)
+            plain_encoders = {
+                name: graphed_twin(encoder, capture, batch_sizes=prompts) for name, encoder in plain_encoders.items()
+            }
             fused_unet = graphed_twin(fused.unet, capture) if fused is not None else None
         return cls(eager, plain_unet=plain_unet, fused=fused, fused_unet=fused_unet, plain_encoders=plain_encoders)
 

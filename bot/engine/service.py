@@ -134,7 +134,7 @@ def fused_styles_for(
             )
     if fuse:
         log.info("styles' LoRAs are fused into %.2f GiB of UNet weights of their own", fused_gib)
-    return FusedStyles.of(pipes, fuse=fuse, capture=capture)
+    return FusedStyles.of(pipes, fuse=fuse, capture=capture, max_prompts=batch_images)
 
 
 def graph_capture_for(settings: Settings, device: torch.device) -> Capture | None:

@@ -27,6 +27,7 @@ from bot.engine.pipelines import Pipelines, load_pipelines
 from bot.engine.requests import Kind, check_inputs
 from bot.settings import Settings
 from bot.styles import Style, StyleBook
+from tests.support.graphs import RerunCapture
 
 MAX_BATCH = 2
 COMPILED_ASPECTS = ("1:1", "16:9")  # each compiled graph costs tens of seconds on a CPU
@@ -110,6 +111,8 @@ def test_batches_larger_than_warmed_up_run_eager(pipes: Pipelines, buckets, serv
 def test_beside_cuda_graphs_the_twins_compile_and_serve_larger_batches_only(
     pipes: Pipelines, buckets, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    with_graphs = FusedStyles.of(pipes, fuse=True, capture=RerunCapture(), max_prompts=MAX_BATCH)
+    monkeypatch.setattr(pipes, "fused_styles", with_graphs)
     twins = CompiledTwins(pipes, {"1:1": buckets["1:1"]}, max_batch_images=MAX_BATCH, smallest_images=2)
     assert [len(batch) for batch in twins.warm_up_batches()] == [MAX_BATCH]
     twins.start(render)
@@ -119,6 +122,11 @@ def test_beside_cuda_graphs_the_twins_compile_and_serve_larger_batches_only(
     assert twins.batches_served == 0  # a batch of one is the graphs' (eager on the CPU)
     generate(pipes, [check_inputs(Kind.IMAGINE, "a fox", buckets=buckets, seed=1, count=2)])
     assert twins.batches_served == 1
+    # The twins encode unstyled prompts on the eager side's graphed text encoders, two new prompts in one graph
+    encoder = with_graphs.plain_encoders["text_encoder_2"]
+    graphs = encoder.forward.graphs
+    generate(pipes, [check_inputs(Kind.IMAGINE, prompt, buckets=buckets, seed=1) for prompt in ("a heron", "a crane")])
+    assert twins.batches_served == 2 and encoder.forward.graphs == graphs + 1
 
 
 def test_a_batch_that_would_recompile_falls_back_to_eager(pipes: Pipelines, buckets, served_by: CompiledTwins) -> None:

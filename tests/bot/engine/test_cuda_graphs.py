@@ -158,15 +158,15 @@ def test_styled_batches_of_one_replay_one_graph_for_every_fused_style(
     assert graphed.for_kind(Kind.IMAGINE).unet.forward.graphs == 1
 
 
-def encoded(pipe, prompt: str) -> tuple[torch.Tensor, ...]:
-    """A prompt and a negative, encoded as the prompt cache encodes them: one call, without autograd."""
+def encoded(pipe, *prompts: str) -> tuple[torch.Tensor, ...]:
+    """Prompts and their negatives, encoded as the prompt cache encodes them: one call, without autograd."""
     with torch.no_grad():
         return pipe.encode_prompt(
-            prompt=[prompt],
+            prompt=list(prompts),
             device=pipe._execution_device,
             num_images_per_prompt=1,
             do_classifier_free_guidance=True,
-            negative_prompt=["blurry"],
+            negative_prompt=["blurry"] * len(prompts),
         )
 
 
@@ -178,6 +178,15 @@ def test_a_new_prompt_alone_is_encoded_by_replaying_the_text_encoders_graphs(pip
         assert all(torch.equal(mine, theirs) for mine, theirs in zip(ours, eager, strict=True)), prompt
     assert graphed.text_encoder.forward.graphs == graphed.text_encoder_2.forward.graphs == 1
     assert len(capture.graphs) == 2 and capture.replays > 0
+
+
+def test_new_prompts_are_encoded_by_graphs_up_to_the_batch_size(pipes: Pipelines) -> None:
+    capture = RerunCapture()
+    graphed = FusedStyles.of(pipes, fuse=False, capture=capture, max_prompts=2).pipeline(Kind.IMAGINE, None)
+    for prompts in (["a fox", "an owl"], ["a heron", "a crane"], ["a fox"], ["a cow", "a hen", "a pig"]):
+        ours, eager = encoded(graphed, *prompts), encoded(pipes.text2img, *prompts)
+        assert all(torch.equal(mine, theirs) for mine, theirs in zip(ours, eager, strict=True)), prompts
+    assert graphed.text_encoder.forward.graphs == graphed.text_encoder_2.forward.graphs == 2  # three runs eager
 
 
 def test_styles_encode_their_prompts_with_their_adapters_and_unstyled_prompts_replay_graphs(
