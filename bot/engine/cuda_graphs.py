@@ -1,4 +1,5 @@
-"""Batches of one image replayed from CUDA graphs (`CUDA_GRAPHS`): a UNet step's kernels launched all at once.
+"""Batches of one image, and new prompts, replayed from CUDA graphs (`CUDA_GRAPHS`): a UNet step's kernels, or
+the text encoders', launched all at once.
 
 At batch 1 the GPU waits on the CPU launching kernels, not on their arithmetic: an SSD-1B UNet forward is over
 4,000 operations and took 47 ms on an H200 for 4.2 TFLOP, where the card computes that in about 6 ms. A CUDA
