@@ -36,12 +36,12 @@ from collections.abc import Mapping
 from typing import TypeVar
 
 import torch
-from diffusers import DiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+from diffusers import DiffusionPipeline, UNet2DConditionModel
 from peft.tuners import lora
 
 from bot.engine.adapters import adapter_of, tuner_layers
 from bot.engine.cuda_graphs import Capture, graphed_twin
-from bot.engine.pipelines import TEXT_ENCODERS, Pipelines, pipeline_over, task_pipelines
+from bot.engine.pipelines import TEXT_ENCODERS, Pipelines, ServedXLPipeline, pipeline_over, task_pipelines
 from bot.engine.requests import Kind
 from bot.engine.weight_sharing import weight_sharing_twin
 from bot.styles import Style
@@ -191,7 +191,7 @@ def _adapted_layers(unet: UNet2DConditionModel) -> list[tuple[str, AdaptedLayer]
 def _task_pipelines_over(
     eager: Pipelines, unet: torch.nn.Module, **text_encoders: torch.nn.Module
 ) -> dict[Kind, DiffusionPipeline]:
-    text2img = pipeline_over(StableDiffusionXLPipeline, eager.text2img, unet=unet, **text_encoders)
+    text2img = pipeline_over(ServedXLPipeline, eager.text2img, unet=unet, **text_encoders)
     img2img, inpaint = task_pipelines(text2img)
     return {Kind.IMAGINE: text2img, Kind.REMIX: img2img, Kind.INPAINT: inpaint}
 

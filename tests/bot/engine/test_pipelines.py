@@ -22,6 +22,19 @@ def test_three_tasks_share_one_set_of_weights(pipes: Pipelines) -> None:
     assert pipes.codec.vae is pipes.text2img.vae
 
 
+def test_every_pipeline_runs_on_the_unet_s_device_without_searching_the_models(
+    pipes: Pipelines, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """diffusers searches every module of every model for offloading hooks on each call; ours never offload."""
+
+    def searched(module: torch.nn.Module) -> None:
+        raise AssertionError(f"searched the modules of a {type(module).__name__}")
+
+    monkeypatch.setattr(torch.nn.Module, "modules", searched)
+    for pipe in (pipes.text2img, pipes.img2img, pipes.inpaint):
+        assert pipe._execution_device == pipes.device
+
+
 def test_no_weight_wants_gradients(tiny_decoder_pipes: Pipelines) -> None:
     """As after peft's adapters are loaded, so that the compiled graphs are the same with or without styles."""
     text2img = tiny_decoder_pipes.text2img
