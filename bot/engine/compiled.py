@@ -42,11 +42,12 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
+from diffusers import StableDiffusionXLPipeline
 
 from bot.engine.adapters import StyleAdapters, is_adapter_weight
 from bot.engine.compile_cache import compile_cache_counters
 from bot.engine.fused_styles import FusedStyles, adapter_free_twin
-from bot.engine.pipelines import TEXT_ENCODERS, Pipelines, ServedXLPipeline, assemble_pipelines, pipeline_over
+from bot.engine.pipelines import TEXT_ENCODERS, Pipelines, assemble_pipelines, pipeline_over
 from bot.engine.requests import GenerationRequest, Kind, check_inputs
 from bot.engine.thread_local_tracing import make_tracing_thread_local
 from bot.engine.weight_sharing import weight_sharing_twin
@@ -102,7 +103,7 @@ class CompiledTwins:
         encoders = {
             name: weight_sharing_twin(getattr(eager.text2img, name), own=is_adapter_weight) for name in TEXT_ENCODERS
         }
-        text2img = pipeline_over(ServedXLPipeline, eager.text2img, unet=unet, vae=vae, **encoders)
+        text2img = pipeline_over(StableDiffusionXLPipeline, eager.text2img, unet=unet, vae=vae, **encoders)
         self.pipes = assemble_pipelines(
             text2img, eager.device, model_name=eager.model_name, embeddings=eager.embeddings, decoder=tiny
         )
