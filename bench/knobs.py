@@ -5,13 +5,14 @@ algorithm search, fused attention projections, CUDA graphs, and PNG encoders on 
     python -m bench.knobs --tiny                           # smoke run on the CPU
     python -m bench.knobs --png-only                       # the PNG rows alone, at 1024x1024
 
-Each row adds one switch to the row before, on the same modules in one process: one UNet forward at batch 1 and
-at batch 8 (float16), the VAE decode at batch 1 and at the decode chunk (its serving dtype), the tiny autoencoder
-at batch 8. On a GPU, the second row replays the first row's calls from CUDA graphs (and adds nothing to the
-rows after it). A row's `max diff` is its largest difference from the first row's output: a switch must not
-change the pictures beyond rounding. Then PNG encoding per image on 1 to 8 threads, as Pillow did it before and as
-`encode_png` does it now, of a noise image (what random weights make; the worst case), a photo-like one and a
-smooth one. Last, the hand-off of a decoded batch to the PNG encoder, through PIL images and as arrays.
+Each row adds one switch to the row before, on the same modules in one process: one UNet forward at batch 1 and at
+batch 8 (float16), the VAE decode at batch 1 and at the decode chunk (its serving dtype), the tiny autoencoder at
+batch 8, and both text encoders on 1 and 8 prompts (what a batch of new prompts costs; no switch of their own). On
+a GPU, the second row replays the first row's calls from CUDA graphs (and adds nothing to the rows after it). A
+row's `max diff` is its largest difference from the first row's output: a switch must not change the pictures
+beyond rounding. Then PNG encoding per image on 1 to 8 threads, as Pillow did it before and as `encode_png` does
+it now, of a noise image (what random weights make; the worst case), a photo-like one and a smooth one. Last, the
+hand-off of a decoded batch to the PNG encoder, through PIL images and as arrays.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL, AutoencoderTiny, UNet2DConditionModel
 from PIL import Image, PngImagePlugin
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from bench.gpu import DEFAULT_CONFIGS, Bench
 from bot.engine.cuda_graphs import CudaGraph
@@ -134,6 +136,13 @@ def unet_inputs(unet: UNet2DConditionModel, side: int, batch: int) -> Callable[[
     return lambda: unet(sample, timestep, text, timestep_cond=condition, added_cond_kwargs=added).sample
 
 
+def text_encoder_inputs(encoders: list[torch.nn.Module], batch: int) -> Callable[[], torch.Tensor]:
+    """Both text encoders on `batch` prompts of 77 tokens, called as SDXL's `encode_prompt` calls them."""
+    device = next(encoders[0].parameters()).device
+    ids = torch.randint(0, encoders[0].config.vocab_size, (batch, 77), device=device)
+    return lambda: torch.cat([encoder(ids, output_hidden_states=True).hidden_states[-2] for encoder in encoders], -1)
+
+
 def decoder_inputs(decoder: AutoencoderKL | AutoencoderTiny, side: int, batch: int) -> Callable[[], torch.Tensor]:
     latents = torch.randn(batch, 4, side, side, device=decoder.device, dtype=decoder.dtype)
     return lambda: decoder.decode(latents).sample
@@ -233,13 +242,17 @@ def main() -> None:
     dtype = resolve_dtype("auto", device)
     if args.tiny:
         model = build_tiny_model(Path(tempfile.gettempdir()) / "lcm-bench-knobs")
-        unet_dir, vae_dir = model.lcm_unet, model.base / "vae"
+        unet_dir, vae_dir, base_dir = model.lcm_unet, model.base / "vae", model.base
     else:
-        unet_dir, vae_dir = args.configs / "unet", args.configs / "vae"
+        unet_dir, vae_dir, base_dir = args.configs / "unet", args.configs / "vae", args.configs
     with device:
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(unet_dir)).to(dtype).eval()
         vae = AutoencoderKL.from_config(AutoencoderKL.load_config(vae_dir))
         tiny = AutoencoderTiny().to(dtype).eval()
+        encoders = [
+            kind(CLIPTextConfig.from_pretrained(base_dir / folder)).to(dtype).eval()
+            for kind, folder in ((CLIPTextModel, "text_encoder"), (CLIPTextModelWithProjection, "text_encoder_2"))
+        ]
     vae = vae.to(vae_dtype(device, dtype, fp16_safe_vae=False)).eval()
     batches = (1, 2) if args.tiny else (1, 8)
     compare(
@@ -263,6 +276,7 @@ def main() -> None:
         {"+ channels last": channels_last, "+ cuDNN search": cudnn_search},
         {batches[-1]: decoder_inputs(tiny, side, batches[-1])},
     )
+    compare(bench, "text encoders", encoders[0], {}, {batch: text_encoder_inputs(encoders, batch) for batch in batches})
     png_rows(resolution, image_count=8)
     handoff_rows(resolution, image_count=8)
 
