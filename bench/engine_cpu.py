@@ -23,8 +23,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.streams import time_stream
 from bot.engine.generation import generate
-from bot.engine.images import Picture, encode_png
+from bot.engine.images import Picture
 from bot.engine.pipelines import Pipelines, load_pipelines
+from bot.engine.png import encode_png
 from bot.engine.requests import GenerationRequest, Kind, bucket_sizes, check_inputs
 from bot.settings import Settings
 from tests.support.tiny_model import build_tiny_model

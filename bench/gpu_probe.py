@@ -38,7 +38,7 @@ from bench.streams import time_stream
 from bot.engine.compile_cache import use_compile_cache
 from bot.engine.compiled import CompiledTwins
 from bot.engine.generation import _denoise, generate, render
-from bot.engine.images import encode_png
+from bot.engine.png import encode_png
 from bot.engine.requests import GenerationRequest, Kind, bucket_sizes, check_inputs
 from bot.engine.vae import DECODE_CHUNK
 

@@ -11,13 +11,15 @@ batch 8, and both text encoders on 1 and 8 prompts (what a batch of new prompts 
 a GPU, the second row replays the first row's calls from CUDA graphs (and adds nothing to the rows after it). A
 row's `max diff` is its largest difference from the first row's output: a switch must not change the pictures
 beyond rounding. Then PNG encoding per image on 1 to 8 threads, as Pillow did it before and as `encode_png` does
-it now, of a noise image (what random weights make; the worst case), a photo-like one and a smooth one. Last, the
+it now, of a noise image (what random weights make; the worst case), a photo-like one and a smooth one; and a lone
+picture's wait for its PNG, in strips on 1 to 8 threads, as the executor encodes a lone request's. Last, the
 hand-off of a decoded batch to the PNG encoder, through PIL images and as arrays.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import functools
 import io
 import tempfile
@@ -35,8 +37,8 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from bench.gpu import DEFAULT_CONFIGS, Bench
 from bot.engine.cuda_graphs import CudaGraph
-from bot.engine.images import encode_png
 from bot.engine.pipelines import resolve_dtype, vae_dtype
+from bot.engine.png import encode_png, encode_png_in_strips, strips_for
 from bot.engine.vae import DECODE_CHUNK
 from tests.support.tiny_model import build_tiny_model
 
@@ -183,6 +185,10 @@ def png_rows(side: int, image_count: int) -> None:
                 cells.append(f"{workers} threads {seconds * 1000 / image_count:6.1f} ms/img")
             label = f"PNG {name}, {encoder_name}"
             print(f"| {label:<32} | {size / 2**20:5.2f} MiB | " + " | ".join(cells), flush=True)
+        lone = {workers: asyncio.run(lone_picture_encode(pixels, workers)) for workers in (1, 2, 4, 8)}
+        cells = [f"{workers} threads {seconds * 1000:6.1f} ms/img" for workers, (seconds, _size) in lone.items()]
+        label = f"PNG {name}, lone, in strips"
+        print(f"| {label:<32} | {lone[8][1] / 2**20:5.2f} MiB | " + " | ".join(cells), flush=True)
 
 
 def handoff_rows(side: int, image_count: int, rounds: int = 5) -> None:
@@ -209,6 +215,20 @@ def handoff_rows(side: int, image_count: int, rounds: int = 5) -> None:
                  f"PNG thread {png_thread * 1000 / image_count:6.1f} ms/img"]  # fmt: skip
         label = f"hand-off, {name}"
         print(f"| {label:<32} | {' ' * 9} | " + " | ".join(cells), flush=True)
+
+
+async def lone_picture_encode(pixels: np.ndarray, workers: int, rounds: int = 5) -> tuple[float, int]:
+    """Best wall time of one picture's PNG, in as many strips as the executor gives a lone request on `workers`
+    PNG threads, and that file's size."""
+    strips = strips_for(len(pixels), workers)
+    with ThreadPoolExecutor(workers) as pool:
+        await encode_png_in_strips(pool, pixels, PNG_PARAMETERS, strips)  # starts the threads
+        best = float("inf")
+        for _ in range(rounds):
+            start = time.perf_counter()
+            png = await encode_png_in_strips(pool, pixels, PNG_PARAMETERS, strips)
+            best = min(best, time.perf_counter() - start)
+    return best, len(png)
 
 
 def encode_seconds(encode: Callable[[Image.Image], bytes], pictures: list[Image.Image], workers: int) -> float:

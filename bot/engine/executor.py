@@ -26,7 +26,8 @@ from typing import TypeVar
 
 from bot import log_context
 from bot.engine.fairqueue import FairQueue
-from bot.engine.images import Picture, encode_png
+from bot.engine.images import Picture
+from bot.engine.png import encode_png_in_strips, strips_for
 from bot.engine.requests import GenerationRequest, denoising_steps
 from bot.errors import (
     GenerationFailed,
@@ -346,11 +347,12 @@ class Executor(JobQueue):
             }
             for seed in request.seeds
         ]
-        loop = asyncio.get_running_loop()
+        # The batch's pictures share the PNG pool: a lone picture is encoded in strips on all of it.
+        threads = max(1, self.png_workers // batch_images)
         try:
             pngs = await asyncio.gather(
                 *(
-                    loop.run_in_executor(self._png, encode_png, image, params)
+                    encode_png_in_strips(self._png, image, params, strips_for(image.shape[0], threads))
                     for image, params in zip(images, parameters, strict=True)
                 )
             )

@@ -1,4 +1,4 @@
-"""Untrusted image bytes in, bucket-sized RGB images and binary masks out; PNGs with their parameters back.
+"""Untrusted image bytes in, bucket-sized RGB images and binary masks out; files that fit Discord's upload limit.
 
 Attachments come from anyone on a server, so decoding is defensive: the header is checked (format, pixel
 count) before any pixel is decoded, so a decompression bomb is refused without being inflated, and every
@@ -10,13 +10,11 @@ from __future__ import annotations
 import io
 import math
 import warnings
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import imagecodecs
 import numpy as np
-from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from bot.engine.requests import nearest_aspect
 from bot.errors import InvalidImage
@@ -32,14 +30,6 @@ MAX_INPUT_PIXELS = 4096 * 4096
 MIN_INPUT_SIDE = 64
 MASK_THRESHOLD = 128
 MASK_ASPECT_TOLERANCE = 0.02
-# How PNGs are compressed (bench.knobs' PNG rows compare them with Pillow): one row filter for the whole picture
-# instead of trying every filter on every row, and zlib's run-length matching, with which zlib's level makes no
-# difference above 0 (0 stores without compressing). Of the single filters, Paeth's files came closest to
-# Pillow's: the same size for a photograph, 2 % larger for the photo-like test picture.
-PNG_FILTER = imagecodecs.PNG.FILTER.PAETH
-PNG_STRATEGY = zlib.Z_RLE
-PNG_LEVEL = 1
-PNG_HEADER_BYTES = 8 + 25  # the signature, then the IHDR chunk (length, type, 13 bytes, CRC), which comes first
 JPEG_FALLBACK_QUALITIES = (90, 75, 60, 40)
 THUMBNAIL_SIDE = 256
 
@@ -135,25 +125,6 @@ def prepare_mask(mask: Image.Image, image_size: tuple[int, int], buckets: Mappin
     if high == 0:
         raise InvalidImage("The mask has no white pixels, so there is nothing to repaint.")
     return fitted
-
-
-def encode_png(image: Picture | Image.Image, parameters: Mapping[str, object]) -> bytes:
-    """PNG with each parameter as a text chunk, plus one `parameters` line in the form other tools read.
-
-    libpng encodes (through imagecodecs), not Pillow: Pillow tries all five row filters on every row and has no
-    setting to stop it, which made PNGs a third of a lone request's time. The text chunks are Pillow's, put
-    between the header and the pixels, where readers that stop at the pixels still find them."""
-    info = PngImagePlugin.PngInfo()
-    for key, value in parameters.items():
-        info.add_itxt(key, str(value))
-    info.add_itxt("parameters", ", ".join(f"{key}: {value}" for key, value in parameters.items()))
-    png = imagecodecs.png_encode(np.asarray(image), level=PNG_LEVEL, strategy=PNG_STRATEGY, filter=PNG_FILTER)
-    buffer = io.BytesIO()
-    buffer.write(png[:PNG_HEADER_BYTES])
-    for chunk_type, data, *_ in info.chunks:
-        PngImagePlugin.putchunk(buffer, chunk_type, data)
-    buffer.write(png[PNG_HEADER_BYTES:])
-    return buffer.getvalue()
 
 
 def fit_upload_limit(png: bytes, limit: int) -> tuple[str, bytes]:

@@ -20,7 +20,8 @@ from PIL import Image
 
 from bot import log_context
 from bot.engine.executor import Job, JobResult, JobState
-from bot.engine.images import decode_image, decode_mask, encode_png, fit_to_bucket, prepare_mask
+from bot.engine.images import decode_image, decode_mask, fit_to_bucket, prepare_mask
+from bot.engine.png import encode_png
 from bot.engine.requests import (
     DEFAULT_GUIDANCE,
     CheckedOptions,

@@ -6,12 +6,14 @@ import io
 import time
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from bot.engine.executor import Executor, JobState, default_png_workers
 from bot.engine.generation import generate
 from bot.engine.pipelines import Pipelines
+from bot.engine.png import encode_png
 from bot.engine.requests import GenerationRequest, Kind, check_inputs
 from bot.errors import GenerationFailed, JobCancelled, QueueFull, ShuttingDown, TooManyPending
 from tests.support.runners import RecordingRunner
@@ -197,3 +199,31 @@ def test_executor_encodes_on_the_default_pool_unless_told(monkeypatch: pytest.Mo
     never_runs = functools.partial(pytest.fail, "no job was submitted")
     default, told = make_executor(never_runs), make_executor(never_runs, png_workers=1)
     assert (default.png_workers, told.png_workers) == (6, 1)
+
+
+def idat_chunks(png: bytes) -> int:
+    count, position = 0, 8
+    while position < len(png):
+        length = int.from_bytes(png[position : position + 4], "big")
+        count += png[position + 4 : position + 8] == b"IDAT"
+        position += 12 + length
+    return count
+
+
+def encoded_whole(png: bytes) -> bool:
+    """Whether `png` is `encode_png`'s file of its own pixels and parameters, as one thread makes it."""
+    with Image.open(io.BytesIO(png)) as reopened:
+        parameters = {key: value for key, value in reopened.text.items() if key != "parameters"}
+        return encode_png(np.asarray(reopened), parameters) == png
+
+
+async def test_a_lone_picture_is_encoded_in_strips_on_the_whole_png_pool(pipes: Pipelines, buckets) -> None:
+    executor = make_executor(functools.partial(generate, pipes), png_workers=2, max_batch_images=2)
+    lone = executor.submit(imagine(buckets, "a fox"), user_id=1)
+    executor.start()
+    lone_png = (await lone.result()).images[0]
+    pair = executor.submit(imagine(buckets, "a fox", count=2), user_id=1)
+    pair_pngs = (await pair.result()).images
+    await executor.close()
+    assert idat_chunks(lone_png) == 3 and not encoded_whole(lone_png)  # 2 strips, then the zlib checksum
+    assert all(encoded_whole(png) for png in pair_pngs)  # a picture per thread

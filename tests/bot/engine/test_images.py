@@ -12,7 +12,6 @@ from bot.engine.images import (
     MAX_INPUT_BYTES,
     decode_image,
     decode_mask,
-    encode_png,
     fit_to_bucket,
     prepare_mask,
 )
@@ -142,29 +141,3 @@ def test_mask_of_another_shape_is_refused(buckets: dict[str, tuple[int, int]]) -
 def test_empty_mask_is_refused(buckets: dict[str, tuple[int, int]]) -> None:
     with pytest.raises(InvalidImage, match="no white pixels"):
         prepare_mask(Image.new("L", (100, 100), 0), (100, 100), buckets)
-
-
-def test_png_carries_its_parameters() -> None:
-    parameters = {"prompt": "a fox, 'quoted'; DROP TABLE", "seed": 7, "steps": 4, "model": "m"}
-    png = encode_png(Image.new("RGB", (64, 64)), parameters)
-    with Image.open(io.BytesIO(png)) as reopened:
-        assert reopened.format == "PNG"
-        assert reopened.text["prompt"] == parameters["prompt"]
-        assert reopened.text["seed"] == "7"
-        assert "seed: 7" in reopened.text["parameters"]
-
-
-def test_png_parameters_come_before_the_pixels() -> None:
-    png = encode_png(Image.new("RGB", (64, 64)), {"prompt": "a fox"})
-    with Image.open(io.BytesIO(png)) as reopened:
-        assert reopened.info["prompt"] == "a fox"  # what Pillow read before the first pixel chunk
-
-
-@pytest.mark.parametrize("mode", ["RGB", "L"])  # generated images, and the masks saved with inpaint jobs
-def test_png_keeps_every_pixel(mode: str) -> None:
-    channels = {"RGB": (3,), "L": ()}[mode]
-    pixels = np.random.default_rng(0).integers(0, 256, (96, 128, *channels), dtype=np.uint8)
-    png = encode_png(Image.fromarray(pixels, mode), {"seed": 1})
-    with Image.open(io.BytesIO(png)) as reopened:
-        assert reopened.mode == mode
-        assert np.array_equal(np.asarray(reopened), pixels)
