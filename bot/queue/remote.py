@@ -61,6 +61,12 @@ class RemoteExecutor(JobQueue):
         self._redis_lost = False
         self._sweep_now = asyncio.Event()
         self._io = ThreadPoolExecutor(max_workers=2, thread_name_prefix="redis")  # blocking Redis calls
+        # Celery gives each thread a result backend of its own (`app.backend` is thread-local), with Redis
+        # connections of its own, and `send_task` subscribes to the task's result channel through the sending
+        # thread's. So tasks are sent from one thread, and every result is read through that thread's backend:
+        # one set of connections, which `_closed` closes.
+        self._publishing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="redis-publish")
+        self._backend = self._publishing.submit(lambda: app.backend).result()
 
     @property
     def workers_alive(self) -> int:
@@ -94,7 +100,7 @@ class RemoteExecutor(JobQueue):
         """Publish the job as a task (or find its finished result); False when Redis refused it."""
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._io, self._publish, job)
+            await loop.run_in_executor(self._publishing, self._publish, job)
         except Exception as exc:  # kombu and redis raise many kinds of connection errors
             log.warning("job %s: Redis refused the task (%s); it stays queued", job.id, exc)
             return False
@@ -108,7 +114,7 @@ class RemoteExecutor(JobQueue):
 
     def _publish(self, job: Job) -> None:
         task_id = task_id_for(job)
-        if AsyncResult(task_id, app=self._app).state == "SUCCESS":
+        if AsyncResult(task_id, app=self._app, backend=self._backend).state == "SUCCESS":
             return  # finished while the bot was away: `_watch` collects it
         self._app.send_task(GENERATE_TASK, args=[request_to_payload(job.request)], task_id=task_id)
 
@@ -128,7 +134,7 @@ class RemoteExecutor(JobQueue):
                         self._heard_from(await loop.run_in_executor(self._io, self._ping_workers))
                         next_ping = time.monotonic() + PING_SECONDS
                     if self._redis_lost:
-                        await loop.run_in_executor(self._io, self._republish)
+                        await loop.run_in_executor(self._publishing, self._republish)
                         log.warning("Redis is back; %d jobs in flight were sent again", len(self._in_flight))
                         self._redis_lost = False
                         self._wakeup.set()
@@ -146,7 +152,7 @@ class RemoteExecutor(JobQueue):
 
     async def _listen(self) -> None:
         """Take each result the moment a worker stores it, from the channel Celery publishes it on."""
-        key_prefix = self._app.backend.task_keyprefix  # bytes: the result key is this prefix and the task id
+        key_prefix = self._backend.task_keyprefix  # bytes: the result key is this prefix and the task id
         while True:
             try:
                 url = self._app.conf.result_backend
@@ -176,8 +182,7 @@ class RemoteExecutor(JobQueue):
         """The outcomes of the tasks that ended, read in one round trip (MGET) however many are in flight."""
         if not task_ids:
             return {}
-        backend = self._app.backend
-        stored = backend.client.mget([backend.get_key_for_task(task_id) for task_id in task_ids])
+        stored = self._backend.client.mget([self._backend.get_key_for_task(task_id) for task_id in task_ids])
         return self._outcomes(dict(zip(task_ids, stored, strict=True)))
 
     def _outcomes(self, stored: dict[str, bytes | None]) -> dict[str, object]:
@@ -190,7 +195,7 @@ class RemoteExecutor(JobQueue):
             if raw is None:
                 continue
             try:
-                meta = self._app.backend.decode(raw)
+                meta = self._backend.decode(raw)
                 status = meta["status"]
             except Exception:  # kombu refuses content that is not msgpack with errors of its own
                 status = "BROKEN"
@@ -240,7 +245,13 @@ class RemoteExecutor(JobQueue):
             self._settle(job, JobState.FAILED, ShuttingDown("The bot restarted while this was being made."))
         self._in_flight.clear()
         self._running.clear()
-        self._io.shutdown(wait=False)
+        # Let a Redis call still running finish before its connection closes (a ping waits at most half a
+        # second), without blocking the loop. Celery never closes its result backend's connections: they
+        # would stay open until garbage collection. Its broker connections stay in kombu's pool, which every
+        # Celery app of the process with the same broker shares.
+        await asyncio.to_thread(self._io.shutdown)
+        await asyncio.to_thread(self._publishing.shutdown)
+        self._backend.client.connection_pool.disconnect()
 
 
 async def _cancelled(task: asyncio.Task[None]) -> None:

@@ -17,7 +17,7 @@ import redis
 from celery.result import AsyncResult
 
 from bot.engine.requests import Kind, check_inputs
-from bot.errors import GenerationFailed
+from bot.errors import GenerationFailed, ShuttingDown
 from bot.queue import remote as remote_module
 from bot.queue.celery_app import GENERATE_TASK
 from bot.queue.remote import RemoteExecutor, open_remote_executor, task_id_for
@@ -30,6 +30,7 @@ from tests.support.tiny_model import TinyModel
 
 pytestmark = pytest.mark.timeout(300)
 VISIBILITY_TIMEOUT = 3
+RESULT_COMMANDS = {"get", "mget", "subscribe", "unsubscribe", "psubscribe", "punsubscribe"}
 
 
 @pytest.fixture
@@ -150,6 +151,24 @@ async def test_a_restarted_bot_collects_what_finished_while_it_was_down(
         again = second.submit(request, user_id=1, key="request-17")
         result = await asyncio.wait_for(again.result(), 30)
     assert result.seeds == (3,) and len(result.images) == 1
+
+
+async def test_a_closed_bot_leaves_no_connection_for_results_open(
+    settings_for: Settings, redis_server: RedisServer, buckets
+) -> None:
+    """Reading results (and Celery's subscription to each task's result) leaves connections that only the
+    garbage collector would close otherwise. Sending tasks and pinging workers use kombu's pool of broker
+    connections, which outlives any one Celery app."""
+    request = check_inputs(Kind.IMAGINE, "a fox nobody makes", buckets=buckets, steps=1)
+    async with open_remote_executor(settings_for) as remote:
+        job = remote.submit(request, user_id=1)
+        await _until(lambda: job.state.value == "running", 30)  # published, and swept for since
+        await asyncio.sleep(2 * remote_module.SWEEP_SECONDS)
+    with pytest.raises(ShuttingDown):
+        await job.result()
+    with redis.Redis.from_url(redis_server.url) as observer:
+        # Result channels close without waiting for Redis: give the loop a moment to let go of their sockets.
+        await _until(lambda: not {client["cmd"] for client in observer.client_list()} & RESULT_COMMANDS, 5)
 
 
 async def test_results_arrive_on_their_channel_without_waiting_for_a_sweep(
