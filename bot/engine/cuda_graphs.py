@@ -8,8 +8,8 @@ graph records a forward's kernels once; a replay launches them all with one call
 - One graph per input signature: the shapes, dtypes and devices of the tensor arguments, whether autograd
   records, and every other argument's value. It is captured the first time its signature comes; that call runs
   eagerly and its result is returned. The serving thread's warm-up (bot.engine.generation.warm_up) brings
-  every bucket at batch 1, so no user waits for an unstyled capture. Remix and inpainting give the UNet the same
-  inputs as text-to-image, so they replay its graphs.
+  every bucket at batch 1, unstyled and in one fused style, so no user waits for a capture. Remix and
+  inpainting give the UNet the same inputs as text-to-image, so they replay its graphs.
 - A graph reads its inputs from tensors of its own and writes its outputs to tensors of its own: a replay
   copies the call's inputs in and hands out copies of the outputs, so a later replay never overwrites a result.
 - The graphs of one `cuda_graph_capture` share a memory pool, so a forward's activations are held once for

@@ -40,11 +40,11 @@ from diffusers import DiffusionPipeline, UNet2DConditionModel
 from peft.tuners import lora
 
 from bot.engine.adapters import adapter_of, tuner_layers
-from bot.engine.cuda_graphs import Capture, graphed_twin
+from bot.engine.cuda_graphs import Capture, GraphedForward, graphed_twin
 from bot.engine.pipelines import TEXT_ENCODERS, Pipelines, ServedXLPipeline, pipeline_over, task_pipelines
 from bot.engine.requests import Kind
 from bot.engine.weight_sharing import weight_sharing_twin
-from bot.styles import Style
+from bot.styles import Style, StyleBook
 
 FUSABLE_LAYERS = (lora.Linear, lora.Conv2d)
 AdaptedLayer = lora.Linear | lora.Conv2d
@@ -136,6 +136,13 @@ class FusedStyles:
     def adapters(self) -> frozenset[str]:
         """The adapters whose styles run fused."""
         return self.fused.adapters if self.fused is not None else frozenset()
+
+    def graphed_style(self, book: StyleBook) -> Style | None:
+        """A style of `book` whose batches of one replay the fused UNet's graphs, which serve every fused style
+        (the serving warm-up brings it to each bucket); None where the fused UNet has no graphs."""
+        if self.fused is None or not isinstance(self._fused[Kind.IMAGINE].unet.forward, GraphedForward):
+            return None
+        return next((style for style in book if adapter_of(style) in self.fused.adapters), None)
 
     def pipeline(self, kind: Kind, style: Style | None) -> DiffusionPipeline | None:
         """The task's pipeline for a batch in `style`; None when `pipes`' own must run it (with peft's layers,

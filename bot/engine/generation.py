@@ -125,7 +125,21 @@ def warm_up(pipes: Pipelines, buckets: dict[str, tuple[int, int]]) -> None:
     On an H100 the first request on a new thread took 1.7 s against 0.7 s.
 
     Each bucket's prompt is its own, so that the text encoders run here whatever the prompt cache holds (the
-    compile thread's warm-up fills it too): with `CUDA_GRAPHS`, this captures their graphs."""
+    compile thread's warm-up fills it too): with `CUDA_GRAPHS`, this captures their graphs. Where styles run on
+    a graphed fused UNet, one of them comes to each bucket too, to capture its graphs (which serve every fused
+    style), so that no styled request waits for a capture either."""
+    book = pipes.styles.book
+    styled = pipes.fused_styles.graphed_style(book) if pipes.fused_styles is not None else None
     for aspect in buckets:
-        request = check_inputs(Kind.IMAGINE, f"warm-up {aspect}", buckets=buckets, aspect=aspect, steps=1, seed=0)
-        generate(pipes, [request])
+        for style in [None] if styled is None else [None, styled.name]:
+            request = check_inputs(
+                Kind.IMAGINE,
+                f"warm-up {aspect}",
+                buckets=buckets,
+                aspect=aspect,
+                steps=1,
+                seed=0,
+                style=style,
+                styles=book,
+            )
+            generate(pipes, [request])

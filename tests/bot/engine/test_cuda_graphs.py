@@ -158,6 +158,34 @@ def test_styled_batches_of_one_replay_one_graph_for_every_fused_style(
     assert graphed.for_kind(Kind.IMAGINE).unet.forward.graphs == 1
 
 
+def test_the_serving_warm_up_captures_the_fused_styles_graphs_too(
+    settings: Settings, loras: dict[str, Path], buckets
+) -> None:
+    book = StyleBook([Style(name="ink", description="Ink", lora=str(loras["ink"]))])
+    pipes = load_pipelines(settings)
+    pipes.styles = StyleAdapters.load(pipes.text2img, book)
+    capture = RerunCapture()
+    graphed = with_graphs(pipes, capture, fuse=True)
+    warm_up(graphed, buckets)
+    assert graphed.for_kind(Kind.IMAGINE, book.get("ink")).unet.forward.graphs == len(buckets)
+    captured = len(capture.graphs)
+    for aspect in ("1:1", "16:9"):
+        request = check_inputs(Kind.IMAGINE, "an ink fox", buckets=buckets, aspect=aspect, style="ink", styles=book)
+        generate(graphed, [request])
+    assert len(capture.graphs) == captured
+
+
+def test_only_a_graphed_fused_unet_asks_the_warm_up_for_a_style(
+    settings: Settings, loras: dict[str, Path], buckets
+) -> None:
+    book = StyleBook([Style(name="ink", description="Ink", lora=str(loras["ink"]))])
+    pipes = load_pipelines(settings)
+    pipes.styles = StyleAdapters.load(pipes.text2img, book)
+    fused = dataclasses.replace(pipes, fused_styles=FusedStyles.of(pipes, fuse=True))
+    assert fused.fused_styles.graphed_style(book) is None
+    assert with_graphs(pipes, RerunCapture(), fuse=True).fused_styles.graphed_style(book) == book.get("ink")
+
+
 def encoded(pipe, *prompts: str) -> tuple[torch.Tensor, ...]:
     """Prompts and their negatives, encoded as the prompt cache encodes them: one call, without autograd."""
     with torch.no_grad():
