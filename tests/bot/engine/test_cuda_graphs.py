@@ -158,12 +158,18 @@ def test_styled_batches_of_one_replay_one_graph_for_every_fused_style(
     assert graphed.for_kind(Kind.IMAGINE).unet.forward.graphs == 1
 
 
-def test_the_serving_warm_up_captures_the_fused_styles_graphs_too(
-    settings: Settings, loras: dict[str, Path], buckets
-) -> None:
+def with_ink_style(settings: Settings, loras: dict[str, Path]) -> tuple[Pipelines, StyleBook]:
+    """Fresh pipelines (styles load adapters into their models) serving one style, "ink"."""
     book = StyleBook([Style(name="ink", description="Ink", lora=str(loras["ink"]))])
     pipes = load_pipelines(settings)
     pipes.styles = StyleAdapters.load(pipes.text2img, book)
+    return pipes, book
+
+
+def test_the_serving_warm_up_captures_the_fused_styles_graphs_too(
+    settings: Settings, loras: dict[str, Path], buckets
+) -> None:
+    pipes, book = with_ink_style(settings, loras)
     capture = RerunCapture()
     graphed = with_graphs(pipes, capture, fuse=True)
     warm_up(graphed, buckets)
@@ -178,9 +184,7 @@ def test_the_serving_warm_up_captures_the_fused_styles_graphs_too(
 def test_only_a_graphed_fused_unet_asks_the_warm_up_for_a_style(
     settings: Settings, loras: dict[str, Path], buckets
 ) -> None:
-    book = StyleBook([Style(name="ink", description="Ink", lora=str(loras["ink"]))])
-    pipes = load_pipelines(settings)
-    pipes.styles = StyleAdapters.load(pipes.text2img, book)
+    pipes, book = with_ink_style(settings, loras)
     fused = dataclasses.replace(pipes, fused_styles=FusedStyles.of(pipes, fuse=True))
     assert fused.fused_styles.graphed_style(book) is None
     assert with_graphs(pipes, RerunCapture(), fuse=True).fused_styles.graphed_style(book) == book.get("ink")
