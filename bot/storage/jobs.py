@@ -57,6 +57,16 @@ class PendingJobs:
         await self._db.execute("DELETE FROM pending_jobs WHERE request_id = ?", (request_id,))
         await self._db.commit()
 
+    async def forget_ended(self) -> int:
+        """Forget the tokens and inputs of jobs recorded as ended, and say how many. A process killed after
+        recording a job's end and before `remove` leaves them behind, and nothing would ever run it again."""
+        cursor = await self._db.execute(
+            "DELETE FROM pending_jobs WHERE request_id IN"
+            " (SELECT id FROM requests WHERE status NOT IN ('queued', 'running'))"
+        )
+        await self._db.commit()
+        return cursor.rowcount
+
     async def unfinished(self) -> list[PendingJob]:
         """Jobs that were queued or running when the process stopped, oldest first."""
         async with self._db.execute(

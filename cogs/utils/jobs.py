@@ -294,6 +294,8 @@ class JobFlow:
     async def resume_unfinished(self) -> None:
         """Run again the jobs that were queued or running when the last process stopped. Call it before any
         interaction can arrive (`LcmBot.serve`): every job recorded by then is one the last process left."""
+        if forgotten := await self.bot.pending.forget_ended():
+            log.info("forgot the tokens of %d jobs that ended just before the last process stopped", forgotten)
         for pending in await self.bot.pending.unfinished():
             task = asyncio.create_task(self._resume(pending), name=f"resume-{pending.request_id}")
             self._flows.add(task)

@@ -44,7 +44,7 @@ async def test_sigkill_with_jobs_in_flight_then_restart_delivers_each_once(
         # before the kill may run and be delivered again (onto the same message).
         try:
             await fake.wait_for(lambda: database_state(database) == ([("done",)] * JOBS, 0), timeout=180)
-        except TimeoutError:  # say how far it got: this has failed twice in full runs, never alone
+        except TimeoutError:  # say how far it got
             delivered_counts = [delivered(interaction) for interaction in interactions]
             raise AssertionError(f"after 180 s: {database_state(database)}, delivered {delivered_counts}") from None
     finally:
