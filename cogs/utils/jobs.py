@@ -296,6 +296,8 @@ class JobFlow:
         interaction can arrive (`LcmBot.serve`): every job recorded by then is one the last process left."""
         if forgotten := await self.bot.pending.forget_ended():
             log.info("forgot the tokens of %d jobs that ended just before the last process stopped", forgotten)
+        if failed := await self.bot.pending.fail_unkept():
+            log.warning("%d requests were recorded but not kept when the last process stopped; failed", failed)
         for pending in await self.bot.pending.unfinished():
             task = asyncio.create_task(self._resume(pending), name=f"resume-{pending.request_id}")
             self._flows.add(task)

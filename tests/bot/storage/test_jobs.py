@@ -16,9 +16,9 @@ async def database(tmp_path: Path):
         yield opened
 
 
-async def pending_request(database: Database, prompt: str) -> int:
-    """A request recorded as queued, with its token and inputs kept, as a job is before it enters the queue."""
-    row = await UsageLog(database).record(
+async def queued_request(database: Database, prompt: str) -> int:
+    """A request recorded as queued, for one image."""
+    return await UsageLog(database).record(
         user_id=1,
         guild_id=10,
         channel_id=100,
@@ -30,6 +30,11 @@ async def pending_request(database: Database, prompt: str) -> int:
         seeds=[7],
         image_count=1,
     )
+
+
+async def pending_request(database: Database, prompt: str) -> int:
+    """A request recorded as queued, with its token and inputs kept, as a job is before it enters the queue."""
+    row = await queued_request(database, prompt)
     await PendingJobs(database).add(
         row,
         requester_name="fox",
@@ -67,3 +72,16 @@ async def test_a_job_recorded_as_ended_but_never_forgotten_is_forgotten_at_the_n
     async with database.connection.execute("SELECT request_id FROM pending_jobs") as cursor:
         assert await cursor.fetchall() == [(waiting,)]
     assert await pending.forget_ended() == 0
+
+
+async def test_a_request_recorded_but_never_kept_is_failed_and_refunded_at_the_next_start(database: Database) -> None:
+    """The process was killed between recording the request and keeping its job: nothing can run it again."""
+    usage, pending = UsageLog(database), PendingJobs(database)
+    unkept = [await queued_request(database, prompt) for prompt in ("queued", "running")]
+    await usage.mark_running(unkept[1])
+    kept = await pending_request(database, "kept")
+    assert await pending.fail_unkept() == 2
+    assert [(await usage.entry(row)).status for row in [*unkept, kept]] == [Status.FAILED, Status.FAILED, Status.QUEUED]
+    assert [images for _when, images in await usage.images_since(0, user_id=1)] == [1]  # the kept request's
+    assert [job.request_id for job in await pending.unfinished()] == [kept]
+    assert await pending.fail_unkept() == 0
