@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 
 from bot.storage.database import Database
@@ -68,18 +67,15 @@ class PendingJobs:
         await self._db.commit()
         return cursor.rowcount
 
-    async def fail_unkept(self) -> int:
-        """Record as failed the requests still queued or running whose job was never kept (`add`), and say how
-        many. A process killed between recording a request and keeping its job leaves them: without a token,
-        nothing can run them or answer their author. Failed requests cost no images against the hourly budgets."""
-        cursor = await self._db.execute(
-            "UPDATE requests SET status = 'failed', image_count = 0, reason = 'shutting_down', error = ?,"
-            " finished_at = ? WHERE status IN ('queued', 'running')"
-            " AND id NOT IN (SELECT request_id FROM pending_jobs)",
-            ("The bot stopped before this request was written down.", time.time()),
-        )
-        await self._db.commit()
-        return cursor.rowcount
+    async def unkept(self) -> list[int]:
+        """The requests still recorded as queued or running whose job was never kept (`add`). A process killed
+        between recording a request and keeping its job leaves them: without a token, nothing can run them or
+        answer their author."""
+        async with self._db.execute(
+            "SELECT id FROM requests WHERE status IN ('queued', 'running')"
+            " AND id NOT IN (SELECT request_id FROM pending_jobs) ORDER BY id"
+        ) as cursor:
+            return [row_id for (row_id,) in await cursor.fetchall()]
 
     async def unfinished(self) -> list[PendingJob]:
         """Jobs that were queued or running when the process stopped, oldest first."""

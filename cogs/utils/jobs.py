@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 STATUS_INTERVAL = 3.0  # at least this many seconds between edits of a queued message (Discord rate-limits edits)
 STATUS_JITTER = 1.0  # spread over this many more seconds, so a burst of jobs does not edit all at once
+UNKEPT_ERROR = "The bot stopped before this request was written down."
 RESTART_NOTICE = "The bot is restarting; this request is saved and will be made as soon as it is back."
 
 
@@ -296,8 +297,10 @@ class JobFlow:
         interaction can arrive (`LcmBot.serve`): every job recorded by then is one the last process left."""
         if forgotten := await self.bot.pending.forget_ended():
             log.info("forgot the tokens of %d jobs that ended just before the last process stopped", forgotten)
-        if failed := await self.bot.pending.fail_unkept():
-            log.warning("%d requests were recorded but not kept when the last process stopped; failed", failed)
+        for row in await self.bot.pending.unkept():
+            # Recorded as failed, so its images no longer count against the hourly budgets.
+            await UsageEntry.resumed(self.bot.usage, row).ended(ShuttingDown(UNKEPT_ERROR))
+            log.warning("request %d was recorded but not kept when the last process stopped; failed", row)
         for pending in await self.bot.pending.unfinished():
             task = asyncio.create_task(self._resume(pending), name=f"resume-{pending.request_id}")
             self._flows.add(task)

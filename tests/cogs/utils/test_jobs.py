@@ -15,3 +15,4 @@ async def test_a_start_mends_what_a_kill_between_two_commits_left(start_bot, dat
     usage = UsageLog(database)
     assert (await usage.entry(ended)).status == Status.DONE  # not run again
     assert (await usage.entry(unkept)).status == Status.FAILED
+    assert await usage.images_since(0, user_id=1) == []  # the unkept request no longer counts
