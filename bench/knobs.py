@@ -6,14 +6,14 @@ algorithm search, fused attention projections, CUDA graphs, and PNG encoders on 
     python -m bench.knobs --png-only                       # the PNG rows alone, at 1024x1024
 
 Each row adds one switch to the row before, on the same modules in one process: one UNet forward at batch 1 and at
-batch 8 (float16), the VAE decode at batch 1 and at the decode chunk (its serving dtype), the tiny autoencoder at
-batch 8, and both text encoders on 1 and 8 prompts (what a batch of new prompts costs; no switch of their own). On
-a GPU, the second row replays the first row's calls from CUDA graphs (and adds nothing to the rows after it). A
-row's `max diff` is its largest difference from the first row's output: a switch must not change the pictures
-beyond rounding. Then PNG encoding per image on 1 to 8 threads, as Pillow did it before and as `encode_png` does
-it now, of a noise image (what random weights make; the worst case), a photo-like one and a smooth one; and a lone
-picture's wait for its PNG, in strips on 1 to 8 threads, as the executor encodes a lone request's. Last, the
-hand-off of a decoded batch to the PNG encoder, through PIL images and as arrays.
+batch 8 (float16; on a GPU also at 2 and 4), the VAE decode at batch 1 and at the decode chunk (its serving dtype),
+the tiny autoencoder at batch 8, and both text encoders on 1 and 8 prompts (what a batch of new prompts costs; no
+switch of their own). On a GPU, the second row replays the first row's calls from CUDA graphs (and adds nothing to
+the rows after it). A row's `max diff` is its largest difference from the first row's output: a switch must not
+change the pictures beyond rounding. Then PNG encoding per image on 1 to 8 threads, as Pillow did it before and as
+`encode_png` does it now, of a noise image (what random weights make; the worst case), a photo-like one and a smooth
+one; and a lone picture's wait for its PNG, in strips on 1 to 8 threads, as the executor encodes a lone request's.
+Last, the hand-off of a decoded batch to the PNG encoder, through PIL images and as arrays.
 """
 
 from __future__ import annotations
@@ -136,6 +136,14 @@ def unet_inputs(unet: UNet2DConditionModel, side: int, batch: int) -> Callable[[
     condition = noise(batch, config.time_cond_proj_dim) if config.time_cond_proj_dim else None
     timestep = torch.tensor(999, device=device)
     return lambda: unet(sample, timestep, text, timestep_cond=condition, added_cond_kwargs=added).sample
+
+
+def unet_batches(batches: tuple[int, ...], device: torch.device) -> tuple[int, ...]:
+    """On a GPU, also 2 and 4 images: whether CUDA graphs pay at the sizes between 1 and 8 that a server with a
+    few users forms most (bot.engine.cuda_graphs graphs batches of one only), and what each capture reserves."""
+    if device.type != "cuda":
+        return batches
+    return tuple(sorted({*batches, 2, 4}))
 
 
 def text_encoder_inputs(encoders: list[torch.nn.Module], batch: int) -> Callable[[], torch.Tensor]:
@@ -280,7 +288,7 @@ def main() -> None:
         "UNet forward",
         unet,
         {"+ channels last": channels_last, "+ cuDNN search": cudnn_search, "+ fused QKV": fused_projections},
-        {batch: unet_inputs(unet, side, batch) for batch in batches},
+        {batch: unet_inputs(unet, side, batch) for batch in unet_batches(batches, device)},
     )
     compare(
         bench,
