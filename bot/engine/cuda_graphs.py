@@ -25,7 +25,7 @@ graph records a forward's kernels once; a replay launches them all with one call
 - The text encoders of unstyled batches are graphed the same way, for every number of new prompts up to the
   batch size: their activations at 77 tokens a prompt are small. Their 44 layers run before the first step, as
   launch-bound at 8 prompts as at 1: a new prompt took 48 and 59 ms longer than a cached one in the H100
-  table's lone requests, and a stream's batches encode new prompts each time (README, Performance). Styled
+  table's lone requests, and a stream's batches encode new prompts each time (bench/README.md). Styled
   batches keep peft's text encoders, whose adapters the style switches on.
 - A capture that fails leaves its signature eager, with one warning.
 """

@@ -139,8 +139,7 @@ def fused_styles_for(
 
 def graph_capture_for(settings: Settings, device: torch.device) -> Capture | None:
     """How batches of one are captured as CUDA graphs (bot.engine.cuda_graphs); None: they run eager. `auto`
-    graphs on CUDA GPUs. The default is off until a GPU run shows what graphs give and take (README,
-    Performance)."""
+    graphs on CUDA GPUs. The default is off until a GPU run shows what graphs give and take (bench/README.md)."""
     if settings.cuda_graphs == "off":
         return None
     if device.type != "cuda":
@@ -166,7 +165,7 @@ def load_engine(settings: Settings) -> tuple[Pipelines, int]:
     capture = graph_capture_for(settings, pipes.device)
     pipes.fused_styles = fused_styles_for(settings, pipes, batch_images, capture)
     # Batches of one are launch-bound: CUDA graphs remove their launches, where compiling them gained 1 % on an
-    # H100 (README, Performance). So with graphs, the compiled twins serve (and compile) larger batches only.
+    # H100 (bench/README.md). So with graphs, the compiled twins serve (and compile) larger batches only.
     smallest_compiled = 1 if capture is None else 2
     fill_cache = None
     if compile_enabled(settings, pipes.device) and batch_images < smallest_compiled:
@@ -196,7 +195,7 @@ def read_style_book(settings: Settings) -> StyleBook:
 
 def compile_enabled(settings: Settings, device: torch.device) -> bool:
     """`COMPILE=auto` compiles on GPUs only: on a CPU the compile takes minutes for little gain. The default is
-    off until a GPU run shows the compile of every bucket paying for itself (README, Performance)."""
+    off until a GPU run shows the compile of every bucket paying for itself (bench/README.md)."""
     if settings.compile == "auto":
         return device.type == "cuda"
     return settings.compile == "on"
