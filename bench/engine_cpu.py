@@ -5,6 +5,15 @@
 Rows: the pipeline called once per request (plus PNG encoding, as the executor does), the executor with
 batches of one (same GPU work: the difference is queueing, threads and futures), the executor batching up to
 4 images, and the executor around a runner that returns ready images (pure bookkeeping and PNG cost).
+
+Everything that runs the model here runs on a thread of its own that ends before the next row, as the bot loads
+its pipelines on a worker thread and serves from the executor's. torch's CPU operators run in OpenMP's thread
+teams, one per thread that calls them, and while two threads that have one live, libgomp spins for a fraction
+of its usual time before its threads sleep (more of its threads than cores). Small operators then took 115
+instead of 22 us on 2 cores (an elementwise op on 200,000 floats, in a scratch script). When this benchmark
+loaded and ran the direct row on its main thread, which outlives every row, the executor's rows ran the tiny
+model that much slower, and its "overhead per job" was 75 ms, where lone requests through `open_engine` spend
+2.8 ms besides generating.
 """
 
 from __future__ import annotations
@@ -14,9 +23,11 @@ import asyncio
 import functools
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -31,10 +42,22 @@ from bot.settings import Settings
 from tests.support.tiny_model import build_tiny_model
 
 USERS = 16
+T = TypeVar("T")
 
 
 def requests_for(jobs: int, buckets: dict[str, tuple[int, int]]) -> list[GenerationRequest]:
     return [check_inputs(Kind.IMAGINE, f"prompt {index}", buckets=buckets, seed=index) for index in range(jobs)]
+
+
+def on_a_thread_of_its_own(work: Callable[[], T]) -> T:
+    """`work` on a new thread, which ends (and its OpenMP team with it) before this returns: see above."""
+    results: list[T] = []
+    thread = threading.Thread(target=lambda: results.append(work()))
+    thread.start()
+    thread.join()
+    if not results:
+        raise RuntimeError("the benchmark's work failed on its thread; its traceback is above")
+    return results[0]
 
 
 def direct(pipes: Pipelines, requests: list[GenerationRequest]) -> float:
@@ -58,11 +81,11 @@ def main() -> None:
             device="cpu",
             _env_file=None,
         )
-        pipes = load_pipelines(settings)
+        pipes = on_a_thread_of_its_own(lambda: load_pipelines(settings))
     buckets = bucket_sizes(256)
     requests = requests_for(args.jobs, buckets)
-    generate(pipes, requests[:1])  # warm-up
-    ready = generate(pipes, requests[:1])[0]
+    on_a_thread_of_its_own(lambda: generate(pipes, requests[:1]))  # warm-up
+    ready = on_a_thread_of_its_own(lambda: generate(pipes, requests[:1]))[0]
 
     def ready_runner(batch: Sequence[GenerationRequest], should_stop: Callable[[], bool]) -> list[list[Picture]]:
         return [ready * request.count for request in batch]
@@ -73,7 +96,7 @@ def main() -> None:
         encode_png(ready[0], {"prompt": request.prompt, "seed": request.seeds[0]})
     png_seconds = time.perf_counter() - png_start
     rows = [
-        ("pipeline called per request + PNG", direct(pipes, requests)),
+        ("pipeline called per request + PNG", on_a_thread_of_its_own(lambda: direct(pipes, requests))),
         ("executor, batches of 1", asyncio.run(time_stream(run, requests, users=USERS, batch_images=1)).seconds),
         ("executor, batches of up to 4", asyncio.run(time_stream(run, requests, users=USERS, batch_images=4)).seconds),
         (
