@@ -12,7 +12,7 @@ import contextlib
 import logging
 import signal
 import sys
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import discord
 from discord.ext import commands
@@ -54,13 +54,19 @@ class Resumable(Protocol):
 
 
 class LcmBot(commands.AutoShardedBot):
-    def __init__(self, settings: Settings, database: Database, engine: Engine | None = None) -> None:
+    def __init__(
+        self, settings: Settings, database: Database, engine: Engine | None = None, **client_options: Any
+    ) -> None:
+        """`client_options` go to discord.py's client as they are: the tests' fake Discord, which sends its one
+        guild at once, shortens `guild_ready_timeout`, the 2 s that discord.py waits after the last guild
+        arrives before it calls the bot ready."""
         super().__init__(
             # Mention prefix: no privileged message-content intent needed; the bot itself is slash-command only.
             command_prefix=commands.when_mentioned,
             intents=discord.Intents(guilds=True),
             tree_cls=BotTree,
             help_command=None,
+            **client_options,
         )
         self.settings = settings
         self.usage = UsageLog(database)

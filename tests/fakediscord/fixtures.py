@@ -20,6 +20,9 @@ from bot.storage import Database, open_database
 from tests.fakediscord.server import FakeDiscord
 from tests.fakediscord.spec import OpenApiSpec
 
+# The fake sends its one guild right after READY, so the bot need not wait discord.py's default 2 s for more.
+GUILD_READY_TIMEOUT = 0.05
+
 
 @pytest.fixture(scope="session")
 def discord_spec() -> OpenApiSpec:
@@ -48,7 +51,7 @@ async def connect_bot(
     fake: FakeDiscord, settings: Settings, database: Database, engine: Engine
 ) -> tuple[LcmBot, asyncio.Task]:
     """Log a real `LcmBot` in to the fake and wait until it is ready; the task runs its gateway connection."""
-    bot = LcmBot(settings, database, engine)
+    bot = LcmBot(settings, database, engine, guild_ready_timeout=GUILD_READY_TIMEOUT)
     await bot.login("fake-token")
     fake.identified.clear()
     task = asyncio.create_task(bot.serve())
