@@ -7,13 +7,13 @@ batches of one (same GPU work: the difference is queueing, threads and futures),
 4 images, and the executor around a runner that returns ready images (pure bookkeeping and PNG cost).
 
 Everything that runs the model here runs on a thread of its own that ends before the next row, as the bot loads
-its pipelines on a worker thread and serves from the executor's. torch's CPU operators run in OpenMP's thread
-teams, one per thread that calls them, and while two threads that have one live, libgomp spins for a fraction
-of its usual time before its threads sleep (more of its threads than cores). Small operators then took 115
-instead of 22 us on 2 cores (an elementwise op on 200,000 floats, in a scratch script). When this benchmark
-loaded and ran the direct row on its main thread, which outlives every row, the executor's rows ran the tiny
-model that much slower, and its "overhead per job" was 75 ms, where lone requests through `open_engine` spend
-2.8 ms besides generating.
+its pipelines on a worker thread and serves from the executor's. torch's CPU operators run in OpenMP thread
+teams, one for each thread that calls them, which lives as long as that thread. With two live teams libgomp has
+more threads than cores, so its idle threads spin only briefly before they sleep, and waking them costs: small
+operators took 115 instead of 22 us on 2 cores (an elementwise op on 200,000 floats, in a scratch script). When
+this benchmark loaded the model and ran the direct row on its main thread, which outlives every row, the
+executor's rows ran that much slower, and its "overhead per job" was 65 to 104 ms (three runs), where lone
+requests through `open_engine` spend 2.8 ms besides generating.
 """
 
 from __future__ import annotations
