@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusionXLPipeline
+from diffusers import DiffusionPipeline, StableDiffusionXLPipeline
 from peft.tuners.tuners_utils import BaseTunerLayer
 
 from bot.styles import Style, StyleBook
@@ -28,8 +28,10 @@ class StyleAdapters:
         """Switches the adapter layers of `pipe`'s models, and only those: the compiled twins' text encoders have
         copies of their own, switched by the twins' own object. Every adapter starts off."""
         self.book = book or StyleBook()
-        by_model = _layers_by_model(pipe) if pipe is not None else {}
-        self._switches = {name: _AdapterSwitch(layers) for name, layers in by_model.items()}
+        models = _models(pipe) if pipe is not None else {}
+        self._switches = {
+            name: (models[name], _AdapterSwitch(layers)) for name, layers in _layers_by_model(models).items()
+        }
 
     @classmethod
     def load(cls, pipe: StableDiffusionXLPipeline, book: StyleBook) -> StyleAdapters:
@@ -53,7 +55,7 @@ class StyleAdapters:
 
     @property
     def layers(self) -> tuple[BaseTunerLayer, ...]:
-        return tuple(layer for switch in self._switches.values() for layer in switch.layers)
+        return tuple(layer for _, switch in self._switches.values() for layer in switch.layers)
 
     def style(self, name: str | None) -> Style | None:
         return None if name is None else self.book.get(name)
@@ -62,12 +64,12 @@ class StyleAdapters:
         """The adapter the style called `name` computes with."""
         return adapter_of(self.style(name))
 
-    def activate(self, style: Style | None, *, unet: bool = True) -> None:
-        """Make the models compute with `style`'s adapter, or with none. `unet=False` leaves the UNet's layers
-        as they are, for a batch that another UNet runs (bot.engine.fused_styles): switching its 272 layers
-        (full size) would be work for nothing on the GPU thread."""
-        for model, switch in self._switches.items():
-            if unet or model != "unet":
+    def activate(self, style: Style | None, runs: DiffusionPipeline) -> None:
+        """Make the models that `runs` runs compute with `style`'s adapter, or with none. The others' layers stay
+        as they are: a batch on another UNet or other text encoders (bot.engine.fused_styles) never reads them,
+        and switching the full-size UNet's 272 layers would be work for nothing on the GPU thread."""
+        for name, (model, switch) in self._switches.items():
+            if getattr(runs, name, None) is model:
                 switch.activate(style)
 
 
@@ -113,9 +115,19 @@ def tuner_layers(model: torch.nn.Module) -> list[tuple[str, BaseTunerLayer]]:
     return [(name, module) for name, module in model.named_modules() if isinstance(module, BaseTunerLayer)]
 
 
-def _layers_by_model(pipe: StableDiffusionXLPipeline) -> dict[str, list[BaseTunerLayer]]:
+def held_adapters(layer: BaseTunerLayer) -> set[str]:
+    """The adapters that have weights in `layer`."""
+    return {adapter for attribute in layer.adapter_layer_names for adapter in getattr(layer, attribute)}
+
+
+def adapters_in(model: torch.nn.Module) -> frozenset[str]:
+    """The adapters that change what `model` computes: those with weights in any of its layers."""
+    return frozenset(adapter for _, layer in tuner_layers(model) for adapter in held_adapters(layer))
+
+
+def _layers_by_model(models: dict[str, torch.nn.Module]) -> dict[str, list[BaseTunerLayer]]:
     """The adapter layers per model that has any (the UNet, the text encoders)."""
-    layers = {name: [layer for _, layer in tuner_layers(model)] for name, model in _models(pipe).items()}
+    layers = {name: [layer for _, layer in tuner_layers(model)] for name, model in models.items()}
     return {name: model_layers for name, model_layers in layers.items() if model_layers}
 
 

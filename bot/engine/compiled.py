@@ -108,8 +108,9 @@ class CompiledTwins:
             text2img, eager.device, model_name=eager.model_name, embeddings=eager.embeddings, decoder=tiny
         )
         self.pipes.styles = StyleAdapters(self.pipes.text2img, eager.styles.book)
-        # Unstyled prompts are encoded on the eager side's text encoders without adapter layers (graphed with
-        # CUDA_GRAPHS): nothing switches them, so both threads may run them.
+        # Unstyled prompts, and those of styles that leave the text encoders alone, are encoded on the eager side's
+        # text encoders without adapter layers (graphed with CUDA_GRAPHS): nothing switches them, so both threads
+        # may run them.
         plain_encoders = eager.fused_styles.plain_encoders if eager.fused_styles is not None else None
         self.pipes.fused_styles = FusedStyles(
             self.pipes, plain_unet=unet, plain_encoders=plain_encoders, fused=fused, fused_unet=fused_unet

@@ -22,11 +22,12 @@ graph records a forward's kernels once; a replay launches them all with one call
 - Only batches of one for now (`GRAPHED_BATCH_SIZES`): at batch 8 a forward computes long enough per kernel to
   hide its launches (96 ms on the H200, twice batch 1's time for eight times the work). The sizes in between
   wait for a GPU to measure what graphs give them, and the memory their activations would hold.
-- The text encoders of unstyled batches are graphed the same way, for every number of new prompts up to the
+- The text encoders without adapter layers are graphed the same way, for every number of new prompts up to the
   batch size: their activations at 77 tokens a prompt are small. Their 44 layers run before the first step, as
   launch-bound at 8 prompts as at 1: a new prompt took 48 and 59 ms longer than a cached one in the H100
-  table's lone requests, and a stream's batches encode new prompts each time (bench/README.md). Styled
-  batches keep peft's text encoders, whose adapters the style switches on.
+  table's lone requests, and a stream's batches encode new prompts each time (bench/README.md). They encode
+  every batch but those of styles whose LoRA adapts the text encoders, which keep peft's text encoders, whose
+  adapters the style switches on (bot.engine.fused_styles).
 - A capture that fails leaves its signature eager, with one warning.
 """
 

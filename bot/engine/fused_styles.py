@@ -22,12 +22,13 @@ the UNet then runs as if no adapter existed: 0.88 to 1.03x (once 1.29x).
 - Unstyled batches run on a twin of the eager UNet in which each adapter layer is the layer it adapts: it
   computes exactly what the eager UNet computes with its adapters off, without peft's checks in 272 layers
   (0.87 to 0.98x the time of a forward through the adapter layers switched off), and holds no memory. Their
-  prompts are encoded on such twins of the text encoders. Styled batches keep the eager text encoders, whose
-  adapter layers the style switches on (its LoRA may adapt them too).
-- With `CUDA_GRAPHS`, both UNets and the unstyled batches' text encoders are graphed twins
-  (bot.engine.cuda_graphs), and the pipelines here serve unstyled batches even where no style brought adapter
-  layers: batches of one image replay CUDA graphs, and so does encoding new prompts, up to a batch's worth. A
-  fuse copies into the fused weights, so the graphs captured on them serve every style.
+  prompts are encoded on such twins of the text encoders, and so are those of styles whose LoRA leaves the text
+  encoders alone (many adapt only the UNet): they encode to exactly what the eager encoders give them. The
+  styles whose LoRA adapts the text encoders too keep the eager ones, whose adapter layers the style switches on.
+- With `CUDA_GRAPHS`, both UNets and the adapter-free text encoders are graphed twins (bot.engine.cuda_graphs),
+  and the pipelines here serve unstyled batches even where no style brought adapter layers: batches of one
+  image replay CUDA graphs, and so does encoding new prompts, up to a batch's worth. A fuse copies into the fused
+  weights, so the graphs captured on them serve every style.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import torch
 from diffusers import DiffusionPipeline, UNet2DConditionModel
 from peft.tuners import lora
 
-from bot.engine.adapters import adapter_of, tuner_layers
+from bot.engine.adapters import adapter_of, adapters_in, held_adapters, tuner_layers
 from bot.engine.cuda_graphs import Capture, GraphedForward, graphed_twin
 from bot.engine.pipelines import TEXT_ENCODERS, Pipelines, ServedXLPipeline, pipeline_over, task_pipelines
 from bot.engine.requests import Kind
@@ -100,10 +101,11 @@ class FusedStyles:
         fused_unet: torch.nn.Module | None = None,
         plain_encoders: Mapping[str, torch.nn.Module] | None = None,
     ) -> None:
-        """Pipelines over `pipes`' components with `plain_unet` and `plain_encoders` (text encoders by attribute
-        name, in place of `pipes`' own) for unstyled batches (no `plain_unet`: `pipes`' own serve them), and with
-        `fused_unet` for the styles `fused` holds: its own UNet, or a (compiled) twin of it that shares its fused
-        weights."""
+        """Pipelines over `pipes`' components with `plain_unet` and `plain_encoders` (adapter-free text encoders
+        by attribute name, in place of `pipes`' own) for unstyled batches (no `plain_unet`: `pipes`' own serve
+        them), and with `fused_unet` for the styles `fused` holds: its own UNet, or a (compiled) twin of it that
+        shares its fused weights. Those styles encode on `plain_encoders` too, unless their LoRA adapts
+        `pipes`' text encoders."""
         self.plain_encoders = dict(plain_encoders or {})
         self._plain: dict[Kind, DiffusionPipeline] = {}
         if plain_unet is not None:
@@ -111,7 +113,12 @@ class FusedStyles:
         self.fused = fused
         if fused is not None and fused_unet is None:
             fused_unet = fused.unet
-        self._fused = _task_pipelines_over(pipes, fused_unet) if fused_unet is not None else {}
+        self._text_adapters = frozenset().union(*(adapters_in(getattr(pipes.text2img, name)) for name in TEXT_ENCODERS))
+        self._fused: dict[Kind, DiffusionPipeline] = {}  # for styles that leave the text encoders alone
+        self._fused_with_text_adapters: dict[Kind, DiffusionPipeline] = {}
+        if fused_unet is not None:
+            self._fused = _task_pipelines_over(pipes, fused_unet, **self.plain_encoders)
+            self._fused_with_text_adapters = _task_pipelines_over(pipes, fused_unet)
 
     @classmethod
     def of(cls, eager: Pipelines, *, fuse: bool, capture: Capture | None = None, max_prompts: int = 1) -> FusedStyles:
@@ -153,7 +160,7 @@ class FusedStyles:
         if self.fused is None or style is None or adapter not in self.fused.adapters:
             return None
         self.fused.fuse(adapter, style.weight)
-        return self._fused[kind]
+        return (self._fused_with_text_adapters if adapter in self._text_adapters else self._fused)[kind]
 
 
 def adapter_free_twin(model: Model) -> Model:
@@ -175,7 +182,7 @@ def fusable_adapters(unet: UNet2DConditionModel) -> frozenset[str]:
     adapters: set[str] = set()
     unfusable: set[str] = set()
     for _, layer in tuner_layers(unet):
-        held = {adapter for attribute in layer.adapter_layer_names for adapter in getattr(layer, attribute)}
+        held = held_adapters(layer)
         adapters |= held
         if not _fusable_layer(layer):
             unfusable |= held

@@ -89,7 +89,7 @@ def _denoise(
         task_inputs["mask_image"] = [request.mask for request in requests]
     style = pipes.styles.style(first.style)
     pipe = pipes.for_kind(first.kind, style)
-    pipes.styles.activate(style, unet=pipe.unet is pipes.text2img.unet)
+    pipes.styles.activate(style, pipe)
     prompts, negatives = [], []
     for request in requests:
         prompt, negative = (

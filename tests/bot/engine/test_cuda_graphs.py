@@ -221,12 +221,17 @@ def test_new_prompts_are_encoded_by_graphs_up_to_the_batch_size(pipes: Pipelines
     assert graphed.text_encoder.forward.graphs == graphed.text_encoder_2.forward.graphs == 2  # three runs eager
 
 
-def test_styles_encode_their_prompts_with_their_adapters_and_unstyled_prompts_replay_graphs(
-    settings: Settings, tiny_model: TinyModel, tmp_path: Path, buckets
+def test_styles_that_adapt_the_text_encoders_encode_with_their_adapters_and_other_prompts_replay_graphs(
+    settings: Settings, tiny_model: TinyModel, loras: dict[str, Path], tmp_path: Path, buckets
 ) -> None:
     encoder = tiny_model.base / "text_encoder"
     pencil = build_tiny_lora(tiny_model.lcm_unet, tmp_path / "pencil.safetensors", seed=7, text_encoder_folder=encoder)
-    book = StyleBook([Style(name="pencil", description="Pencil", lora=str(pencil))])
+    book = StyleBook(
+        [
+            Style(name="pencil", description="Pencil", lora=str(pencil)),
+            Style(name="ink", description="Ink", lora=str(loras["ink"])),  # adapts the UNet only
+        ]
+    )
     pipes = load_pipelines(settings)
     pipes.styles = StyleAdapters.load(pipes.text2img, book)
     fused = dataclasses.replace(pipes, fused_styles=FusedStyles.of(pipes, fuse=True), embeddings=TextEmbeddingCache())
@@ -239,6 +244,11 @@ def test_styles_encode_their_prompts_with_their_adapters_and_unstyled_prompts_re
     for prompt, style in (("a fox", None), ("a fox", "pencil"), ("an owl", "pencil"), ("an owl", None)):
         reference = pipes if style is None else fused
         assert np.array_equal(pixels(graphed, request(prompt, style)), pixels(reference, request(prompt, style)))
+    eager_encodings = []
+    pipes.text2img.text_encoder.register_forward_hook(lambda *_: eager_encodings.append(1))
+    ink = pixels(graphed, request("a heron", "ink"))
+    assert not eager_encodings  # the new prompt replayed the adapter-free encoders' graphs
+    assert np.array_equal(ink, pixels(fused, request("a heron", "ink")))
     plain = graphed.for_kind(Kind.IMAGINE)
     assert plain.text_encoder.forward.graphs == 1
     cached = {  # the style's adapter changes what its prompt encodes to: this test would see it frozen out

@@ -12,14 +12,14 @@ from peft import LoraConfig
 from peft.tuners.tuners_utils import BaseTunerLayer
 from PIL import Image
 
-from bot.engine.adapters import StyleAdapters
+from bot.engine.adapters import StyleAdapters, tuner_layers
 from bot.engine.fused_styles import FusedStyles, FusedUNet, fusable_adapters, fused_weight_bytes
 from bot.engine.generation import generate
 from bot.engine.pipelines import Pipelines, load_pipelines
 from bot.engine.requests import Kind, check_inputs
 from bot.settings import Settings
 from bot.styles import Style, StyleBook
-from tests.support.tiny_model import TinyModel
+from tests.support.tiny_model import TinyModel, build_tiny_lora
 
 ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
 
@@ -105,6 +105,28 @@ def test_unstyled_batches_run_adapter_free_and_paint_exactly_what_the_eager_unet
     assert not any(isinstance(module, BaseTunerLayer) for module in unet.modules())
     assert {id(tensor) for tensor in unet.parameters()} <= {id(tensor) for tensor in fused.text2img.unet.parameters()}
     assert np.array_equal(picture(fused, buckets, book, None), picture(by_peft, buckets, book, None))
+
+
+def test_a_style_that_leaves_the_text_encoders_alone_encodes_on_adapter_free_ones(
+    settings: Settings, loras: dict[str, Path], tiny_model: TinyModel, tmp_path: Path, buckets
+) -> None:
+    encoder = tiny_model.base / "text_encoder"
+    pencil = build_tiny_lora(tiny_model.lcm_unet, tmp_path / "pencil.safetensors", seed=7, text_encoder_folder=encoder)
+    book = StyleBook(
+        [
+            Style(name="ink", description="Ink", lora=str(loras["ink"])),  # adapts the UNet only
+            Style(name="pencil", description="Pencil", lora=str(pencil)),
+        ]
+    )
+    by_peft = styled_pipelines(settings, book)
+    fused = styled_pipelines(settings, book)
+    fused.fused_styles = FusedStyles.of(fused, fuse=True)
+    assert fused.for_kind(Kind.IMAGINE, book.get("ink")).text_encoder is fused.for_kind(Kind.IMAGINE).text_encoder
+    assert fused.for_kind(Kind.IMAGINE, book.get("pencil")).text_encoder is fused.text2img.text_encoder
+    ink = picture(fused, buckets, book, "ink")
+    assert all(layer.disable_adapters for _, layer in tuner_layers(fused.text2img.text_encoder))  # never switched
+    assert np.abs(ink - picture(by_peft, buckets, book, "ink")).max() <= 2
+    assert np.abs(picture(fused, buckets, book, "pencil") - picture(by_peft, buckets, book, "pencil")).max() <= 2
 
 
 def test_without_room_to_fuse_styled_batches_keep_peft_s_layers(settings, by_peft, book, buckets) -> None:
