@@ -23,8 +23,9 @@ the UNet then runs as if no adapter existed: 0.88 to 1.03x (once 1.29x).
   computes exactly what the eager UNet computes with its adapters off, without peft's checks in 272 layers
   (0.87 to 0.98x the time of a forward through the adapter layers switched off), and holds no memory. Their
   prompts are encoded on such twins of the text encoders, and so are those of styles whose LoRA leaves the text
-  encoders alone (many adapt only the UNet): they encode to exactly what the eager encoders give them. The
-  styles whose LoRA adapts the text encoders too keep the eager ones, whose adapter layers the style switches on.
+  encoders alone (many adapt only the UNet), fused or not: they encode to exactly what the eager encoders give
+  them. The styles whose LoRA adapts the text encoders too keep the eager ones, whose adapter layers the style
+  switches on.
 - With `CUDA_GRAPHS`, both UNets and the adapter-free text encoders are graphed twins (bot.engine.cuda_graphs),
   and the pipelines here serve unstyled batches even where no style brought adapter layers: batches of one
   image replay CUDA graphs, and so does encoding new prompts, up to a batch's worth. A fuse copies into the fused
@@ -88,9 +89,10 @@ class FusedUNet:
 
 
 class FusedStyles:
-    """The task pipelines for batches that peft's adapter layers need not run: unstyled ones on an adapter-free
-    UNet, and styled ones on a `FusedUNet` where it holds their adapter. Runs on the GPU thread, between batches,
-    as style switches do."""
+    """The task pipelines for batches that peft's adapter layers need not run, or need run only in the UNet:
+    unstyled ones on an adapter-free UNet, styled ones on a `FusedUNet` where it holds their adapter, and on
+    adapter-free text encoders where their LoRA leaves those alone. Runs on the GPU thread, between batches, as
+    style switches do."""
 
     def __init__(
         self,
@@ -100,12 +102,14 @@ class FusedStyles:
         fused: FusedUNet | None,
         fused_unet: torch.nn.Module | None = None,
         plain_encoders: Mapping[str, torch.nn.Module] | None = None,
+        peft_unet: UNet2DConditionModel | None = None,
     ) -> None:
         """Pipelines over `pipes`' components with `plain_unet` and `plain_encoders` (adapter-free text encoders
         by attribute name, in place of `pipes`' own) for unstyled batches (no `plain_unet`: `pipes`' own serve
         them), and with `fused_unet` for the styles `fused` holds: its own UNet, or a (compiled) twin of it that
         shares its fused weights. Those styles encode on `plain_encoders` too, unless their LoRA adapts
-        `pipes`' text encoders."""
+        `pipes`' text encoders, and so do the styles `fused` does not hold, on `peft_unet` (with peft's adapter
+        layers), where it is given."""
         self.plain_encoders = dict(plain_encoders or {})
         self._plain: dict[Kind, DiffusionPipeline] = {}
         if plain_unet is not None:
@@ -119,6 +123,9 @@ class FusedStyles:
         if fused_unet is not None:
             self._fused = _task_pipelines_over(pipes, fused_unet, **self.plain_encoders)
             self._fused_with_text_adapters = _task_pipelines_over(pipes, fused_unet)
+        self._unfused: dict[Kind, DiffusionPipeline] = {}  # for the others that leave the text encoders alone
+        if peft_unet is not None:
+            self._unfused = _task_pipelines_over(pipes, peft_unet, **self.plain_encoders)
 
     @classmethod
     def of(cls, eager: Pipelines, *, fuse: bool, capture: Capture | None = None, max_prompts: int = 1) -> FusedStyles:
@@ -137,7 +144,14 @@ class FusedStyles:
                 name: graphed_twin(encoder, capture, batch_sizes=prompts) for name, encoder in plain_encoders.items()
             }
             fused_unet = graphed_twin(fused.unet, capture) if fused is not None else None
-        return cls(eager, plain_unet=plain_unet, fused=fused, fused_unet=fused_unet, plain_encoders=plain_encoders)
+        return cls(
+            eager,
+            plain_unet=plain_unet,
+            fused=fused,
+            fused_unet=fused_unet,
+            plain_encoders=plain_encoders,
+            peft_unet=unet,
+        )
 
     @property
     def adapters(self) -> frozenset[str]:
@@ -152,15 +166,16 @@ class FusedStyles:
         return next((style for style in book if adapter_of(style) in self.fused.adapters), None)
 
     def pipeline(self, kind: Kind, style: Style | None) -> DiffusionPipeline | None:
-        """The task's pipeline for a batch in `style`; None when `pipes`' own must run it (with peft's layers,
-        for a style this does not hold)."""
+        """The task's pipeline for a batch in `style`; None when `pipes`' own must run it (with peft's layers in
+        every model, for a style this does not fuse and whose LoRA adapts the text encoders)."""
         adapter = adapter_of(style)
-        if adapter is None:
+        if style is None or adapter is None:
             return self._plain.get(kind)
-        if self.fused is None or style is None or adapter not in self.fused.adapters:
-            return None
-        self.fused.fuse(adapter, style.weight)
-        return (self._fused_with_text_adapters if adapter in self._text_adapters else self._fused)[kind]
+        adapts_text = adapter in self._text_adapters
+        if self.fused is not None and adapter in self.fused.adapters:
+            self.fused.fuse(adapter, style.weight)
+            return (self._fused_with_text_adapters if adapts_text else self._fused)[kind]
+        return None if adapts_text else self._unfused.get(kind)
 
 
 def adapter_free_twin(model: Model) -> Model:
