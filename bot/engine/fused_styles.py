@@ -130,8 +130,8 @@ class FusedStyles:
     @classmethod
     def of(cls, eager: Pipelines, *, fuse: bool, capture: Capture | None = None, max_prompts: int = 1) -> FusedStyles:
         """For the eager pipelines; `fuse`: a `FusedUNet` too (it takes memory); `capture`: both UNets replay
-        graphs for batches of one image, and the unstyled batches' text encoders for up to `max_prompts` new
-        prompts at once (bot.engine.cuda_graphs)."""
+        graphs for batches of one image, and the adapter-free text encoders for up to `max_prompts` new prompts
+        at once (bot.engine.cuda_graphs)."""
         unet = eager.text2img.unet
         plain_unet = adapter_free_twin(unet)
         plain_encoders = {name: adapter_free_twin(getattr(eager.text2img, name)) for name in TEXT_ENCODERS}
@@ -166,8 +166,9 @@ class FusedStyles:
         return next((style for style in book if adapter_of(style) in self.fused.adapters), None)
 
     def pipeline(self, kind: Kind, style: Style | None) -> DiffusionPipeline | None:
-        """The task's pipeline for a batch in `style`; None when `pipes`' own must run it (with peft's layers in
-        every model, for a style this does not fuse and whose LoRA adapts the text encoders)."""
+        """The task's pipeline for a batch in `style`; None when `pipes`' own must run it, with peft's layers in
+        every model: a style this does not fuse whose LoRA adapts the text encoders (or any this does not fuse,
+        without a `peft_unet`)."""
         adapter = adapter_of(style)
         if style is None or adapter is None:
             return self._plain.get(kind)
