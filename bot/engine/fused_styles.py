@@ -117,7 +117,8 @@ class FusedStyles:
         self.fused = fused
         if fused is not None and fused_unet is None:
             fused_unet = fused.unet
-        self._text_adapters = frozenset().union(*(adapters_in(getattr(pipes.text2img, name)) for name in TEXT_ENCODERS))
+        # The adapters with weights in the text encoders: their styles encode on the eager ones
+        self.text_adapters = frozenset().union(*(adapters_in(getattr(pipes.text2img, name)) for name in TEXT_ENCODERS))
         self._fused: dict[Kind, DiffusionPipeline] = {}  # for styles that leave the text encoders alone
         self._fused_with_text_adapters: dict[Kind, DiffusionPipeline] = {}
         if fused_unet is not None:
@@ -172,7 +173,7 @@ class FusedStyles:
         adapter = adapter_of(style)
         if style is None or adapter is None:
             return self._plain.get(kind)
-        adapts_text = adapter in self._text_adapters
+        adapts_text = adapter in self.text_adapters
         if self.fused is not None and adapter in self.fused.adapters:
             self.fused.fuse(adapter, style.weight)
             return (self._fused_with_text_adapters if adapts_text else self._fused)[kind]

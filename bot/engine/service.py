@@ -134,7 +134,14 @@ def fused_styles_for(
             )
     if fuse:
         log.info("styles' LoRAs are fused into %.2f GiB of UNet weights of their own", fused_gib)
-    return FusedStyles.of(pipes, fuse=fuse, capture=capture, max_prompts=batch_images)
+    styles = FusedStyles.of(pipes, fuse=fuse, capture=capture, max_prompts=batch_images)
+    if capture is not None and styles.text_adapters:
+        # Said once at start, so that a server owner knows why these styles answer a new prompt more slowly
+        log.info(
+            "the LoRAs of these styles adapt the text encoders, so their new prompts encode without CUDA graphs: %s",
+            ", ".join(sorted(styles.text_adapters)),
+        )
+    return styles
 
 
 def graph_capture_for(settings: Settings, device: torch.device) -> Capture | None:
