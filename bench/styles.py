@@ -86,7 +86,7 @@ def switch_costs(pipe: StableDiffusionXLPipeline, adapters: StyleAdapters, switc
     turns in short rounds, so that this machine's drift (shared cores) hits both alike."""
     freeze_loaded_objects()  # as the engine does after loading: no collection walks the models mid-switch
     ways: dict[str, Callable[[Style | None], None]] = {
-        "ours": adapters.activate,
+        "ours": lambda style: adapters.activate(style, pipe),
         "diffusers": lambda style: diffusers_switch(pipe, style),
     }
     samples: dict[str, list[float]] = {way: [] for way in ways}
