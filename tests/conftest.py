@@ -13,6 +13,7 @@ import torch
 from bot.engine.pipelines import Pipelines, load_pipelines
 from bot.engine.requests import bucket_sizes
 from bot.settings import Settings
+from bot.styles import Style, StyleBook
 from tests.support.tiny_model import (
     TinyModel,
     build_tiny_clipseg,
@@ -64,6 +65,25 @@ def loras(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory) -> di
     folder = tmp_path_factory.mktemp("loras")
     return {name: build_tiny_lora(tiny_model.lcm_unet, folder / f"{name}.safetensors", seed=seed) for seed, name in
             enumerate(("ink", "neon"), start=1)}  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def unet_and_text_styles(
+    tiny_model: TinyModel, loras: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> StyleBook:
+    """Two LoRA styles: "ink" adapts only the UNet, "pencil" the first text encoder too."""
+    pencil = build_tiny_lora(
+        tiny_model.lcm_unet,
+        tmp_path_factory.mktemp("text-lora") / "pencil.safetensors",
+        seed=7,
+        text_encoder_folder=tiny_model.base / "text_encoder",
+    )
+    return StyleBook(
+        [
+            Style(name="ink", description="Ink", lora=str(loras["ink"])),
+            Style(name="pencil", description="Pencil", lora=str(pencil)),
+        ]
+    )
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,6 @@ from bot.engine.text_embeddings import TextEmbeddingCache
 from bot.settings import Settings
 from bot.styles import Style, StyleBook
 from tests.support.graphs import RerunCapture
-from tests.support.tiny_model import TinyModel, build_tiny_lora
 
 
 def scaled(x: torch.Tensor, *, scale: float = 2.0) -> torch.Tensor:
@@ -222,16 +221,9 @@ def test_new_prompts_are_encoded_by_graphs_up_to_the_batch_size(pipes: Pipelines
 
 
 def test_styles_that_adapt_the_text_encoders_encode_with_their_adapters_and_other_prompts_replay_graphs(
-    settings: Settings, tiny_model: TinyModel, loras: dict[str, Path], tmp_path: Path, buckets
+    settings: Settings, unet_and_text_styles: StyleBook, buckets
 ) -> None:
-    encoder = tiny_model.base / "text_encoder"
-    pencil = build_tiny_lora(tiny_model.lcm_unet, tmp_path / "pencil.safetensors", seed=7, text_encoder_folder=encoder)
-    book = StyleBook(
-        [
-            Style(name="pencil", description="Pencil", lora=str(pencil)),
-            Style(name="ink", description="Ink", lora=str(loras["ink"])),  # adapts the UNet only
-        ]
-    )
+    book = unet_and_text_styles
     pipes = load_pipelines(settings)
     pipes.styles = StyleAdapters.load(pipes.text2img, book)
     fused = dataclasses.replace(pipes, fused_styles=FusedStyles.of(pipes, fuse=True), embeddings=TextEmbeddingCache())

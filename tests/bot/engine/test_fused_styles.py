@@ -19,7 +19,7 @@ from bot.engine.pipelines import Pipelines, load_pipelines
 from bot.engine.requests import Kind, check_inputs
 from bot.settings import Settings
 from bot.styles import Style, StyleBook
-from tests.support.tiny_model import TinyModel, build_tiny_lora
+from tests.support.tiny_model import TinyModel
 
 ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
 
@@ -108,16 +108,9 @@ def test_unstyled_batches_run_adapter_free_and_paint_exactly_what_the_eager_unet
 
 
 def test_a_style_that_leaves_the_text_encoders_alone_encodes_on_adapter_free_ones(
-    settings: Settings, loras: dict[str, Path], tiny_model: TinyModel, tmp_path: Path, buckets
+    settings: Settings, unet_and_text_styles: StyleBook, buckets
 ) -> None:
-    encoder = tiny_model.base / "text_encoder"
-    pencil = build_tiny_lora(tiny_model.lcm_unet, tmp_path / "pencil.safetensors", seed=7, text_encoder_folder=encoder)
-    book = StyleBook(
-        [
-            Style(name="ink", description="Ink", lora=str(loras["ink"])),  # adapts the UNet only
-            Style(name="pencil", description="Pencil", lora=str(pencil)),
-        ]
-    )
+    book = unet_and_text_styles
     by_peft = styled_pipelines(settings, book)
     for fuse, rounding in ((True, 2), (False, 0)):  # without room to fuse, the UNet computes with peft's layers
         pipes = styled_pipelines(settings, book)

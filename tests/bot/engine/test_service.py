@@ -23,9 +23,8 @@ from bot.engine.service import (
     room_beside_batches,
 )
 from bot.settings import Settings
-from bot.styles import Style, StyleBook
+from bot.styles import StyleBook
 from tests.support.graphs import RerunCapture
-from tests.support.tiny_model import TinyModel, build_tiny_lora
 
 
 def test_batch_size_is_the_setting_or_a_cpu_default(settings: Settings) -> None:
@@ -99,18 +98,10 @@ def test_cuda_graphs_need_a_gpu_and_asking_for_them_on_a_cpu_is_a_warning(
 
 
 def test_with_graphs_the_log_names_the_styles_whose_new_prompts_encode_without_them(
-    settings: Settings, loras, tiny_model: TinyModel, tmp_path, caplog: pytest.LogCaptureFixture
+    settings: Settings, unet_and_text_styles: StyleBook, caplog: pytest.LogCaptureFixture
 ) -> None:
-    encoder = tiny_model.base / "text_encoder"
-    pencil = build_tiny_lora(tiny_model.lcm_unet, tmp_path / "pencil.safetensors", seed=7, text_encoder_folder=encoder)
-    book = StyleBook(
-        [
-            Style(name="ink", description="Ink", lora=str(loras["ink"])),  # adapts the UNet only
-            Style(name="pencil", description="Pencil", lora=str(pencil)),
-        ]
-    )
     pipes = load_pipelines(settings)
-    pipes.styles = StyleAdapters.load(pipes.text2img, book)
+    pipes.styles = StyleAdapters.load(pipes.text2img, unet_and_text_styles)
     with caplog.at_level(logging.INFO, logger="bot.engine.service"):
         fused_styles_for(settings, pipes, batch_images=2)
         assert not [record for record in caplog.records if "CUDA graphs" in record.getMessage()]
