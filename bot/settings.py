@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     compile: Literal["auto", "on", "off"] = "off"
     compile_cache_dir: Path = Path("data/compile-cache")
     compile_child: Literal["auto", "on", "off"] = "auto"  # bot.engine.cache_filler
-    cuda_graphs: Literal["auto", "on", "off"] = "off"  # bot.engine.cuda_graphs
+    cuda_graphs: Literal["auto", "on", "off"] = "auto"  # bot.engine.cuda_graphs
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     queue_backend: Literal["local", "redis"] = "local"
     redis_url: str = "redis://127.0.0.1:6379/0"

@@ -145,8 +145,10 @@ def fused_styles_for(
 
 
 def graph_capture_for(settings: Settings, device: torch.device) -> Capture | None:
-    """How batches of one are captured as CUDA graphs (bot.engine.cuda_graphs); None: they run eager. `auto`
-    graphs on CUDA GPUs. The default is off until a GPU run shows what graphs give and take (bench/README.md)."""
+    """How batches of one are captured as CUDA graphs (bot.engine.cuda_graphs); None: they run eager. `auto`, the
+    default, graphs on CUDA GPUs: on an H200 they took a lone request from 0.243 to 0.110 s with the tiny VAE
+    (0.265 to 0.187 s with the VAE), for at most 0.5 GiB of graph memory, and kept requests served during a
+    compile under 0.7 s (bench/README.md). On a CPU the kernels are not launch-bound, and there is no capture."""
     if settings.cuda_graphs == "off":
         return None
     if device.type != "cuda":
