@@ -245,18 +245,17 @@ def measure_graphs(
     """Lone requests with the UNet's batches of one, and the text encoders' new prompts, replayed from CUDA graphs
     (`CUDA_GRAPHS`), square bucket only: the first request captures, later ones replay (new against cached
     prompts shows the text encoders' part). Then the stream, where only the text encoders replay graphs (up to
-    `batch` new prompts). The memory the capture reserved is its graphs' pool; it goes back when they do, at
-    the end."""
-    gc.collect()
-    torch.cuda.empty_cache()
-    reserved_before = torch.cuda.memory_reserved()
+    `batch` new prompts). The graphs' memory is their pool, read as what stays reserved once the allocator has
+    let go of its free blocks (an eager decode's, which would count otherwise); it goes back when they do, at the
+    end."""
+    reserved_before = reserved_gib_after_release()
     fused_styles = FusedStyles.of(ours, fuse=False, capture=cuda_graph_capture(), max_prompts=batch)
     graphed = dataclasses.replace(ours, fused_styles=fused_styles)
     capturing = [check_inputs(Kind.IMAGINE, f"capture {column}", buckets=buckets, seed=1)]
     seconds = bench.seconds(functools.partial(generate, graphed, capturing))
-    reserved_gib = (torch.cuda.memory_reserved() - reserved_before) / 2**30
     bench.record("CUDA graphs: request that captures, s", column, f"{seconds:.3f}")
-    bench.record("CUDA graphs: memory captures reserved, GiB", column, f"{reserved_gib:.2f}")
+    graph_gib = reserved_gib_after_release() - reserved_before
+    bench.record("CUDA graphs: memory of one aspect's graphs, GiB", column, f"{graph_gib:.2f}")
     # As in `measure_ours`: the first request on the executor's new GPU thread is left out (cuDNN's set-up)
     prompts = [f"first graphed {column}", *(f"graphed prompt {index} {column}" for index in range(3)), *["a fox"] * 3]
     alone = [check_inputs(Kind.IMAGINE, prompt, buckets=buckets, seed=1) for prompt in prompts]
@@ -279,6 +278,16 @@ def measure_graphs(
     bench.record("CUDA graphs: stream, images/s", column, f"{requests / timing.seconds:.2f}")
     bench.record("CUDA graphs: stream speed-up", column, f"{bench.plain_stream_seconds / timing.seconds:.2f}x")
     bench.record("  graphed stream: batches, GPU thread busy", column, f"{timing.batches}, {timing.busy_share:.0%}")
+    graph_gib = reserved_gib_after_release() - reserved_before
+    bench.record(f"  memory of its graphs (4 aspects, 1 to {batch} prompts), GiB", column, f"{graph_gib:.2f}")
+
+
+def reserved_gib_after_release() -> float:
+    """GPU memory still reserved once unreferenced tensors and the allocator's free blocks are let go of: the
+    weights, what the caches hold, and CUDA graphs' pools, which the allocator never releases while they live."""
+    gc.collect()
+    torch.cuda.empty_cache()
+    return torch.cuda.memory_reserved() / 2**30
 
 
 def measure_compiled(

@@ -5,8 +5,9 @@
 #             8 images), then bench.decoders (the VAE against the tiny autoencoder at 1024x1024, batches 1 and 8);
 #   compile:  bench.gpu --compile-only (the twins' cold compile, and eager requests served meanwhile; a child
 #             process fills the compile cache first, as the bot does, or with COMPILE_IN=here it does not;
-#             CHILD_IMAGES=2 makes the child's batches as small as on a 40 or 48 GB card; CUDA_GRAPHS=1 serves
-#             batches of one from CUDA graphs and compiles from 2 images, as the bot with both settings on);
+#             CHILD_IMAGES=2 makes the child's batches as small as on a 40 or 48 GB card; batches of one replay
+#             CUDA graphs and the twins compile from 2 images, as the bot does by default, or with
+#             CUDA_GRAPHS=off they compile from 1 image);
 #   knobs:    bench.knobs (CUDA graphs, channels last, cuDNN's algorithm search, fused QKV, PNG encoders), then
 #             bench.styles' forward table (a style through peft's layers against fused, batches of 1 and 8);
 #   table:    bench.knobs' PNG rows (this machine's CPU), then bench.gpu, the issue's table (plain, executor,
@@ -17,8 +18,9 @@
 #
 #   bench/gpu_session.sh [MODEL_CONFIGS_DIR] [diagnose|knobs|compile|table|all] [BUDGET]
 #
-# On a machine without diffusers, put its wheel (and those of imagecodecs and pydantic-settings) in `.whl/`
-# beside the checkout first.
+# On a machine without diffusers, put its wheel, and those of the other packages it lacks, in `.whl/` in the
+# checkout first. The lent H200 and H100 machines lacked diffusers, imagecodecs, pydantic, pydantic-core,
+# pydantic-settings, python-dotenv, annotated-types and typing-inspection (bench/README.md has the command).
 set -u
 cd "$(dirname "$0")/.."
 configs=${1:-../shared/model-configs/ssd-1b}
@@ -44,9 +46,10 @@ step() {
 }
 
 if [ "$part" = compile ]; then
+    graphs=$([ "${CUDA_GRAPHS:-auto}" = off ] || echo --cuda-graphs) # as the bot: graphs unless CUDA_GRAPHS=off
     step $((budget + 20)) bench.gpu --configs "$configs" --budget "$budget" \
-        --workdir "/tmp/lcm-bench-${COMPILE_IN:-child}${CHILD_IMAGES:-}${CUDA_GRAPHS:+-graphs}" --compile-only --compile-in "${COMPILE_IN:-child}" \
-        ${CHILD_IMAGES:+--child-images "$CHILD_IMAGES"} ${CUDA_GRAPHS:+--cuda-graphs}
+        --workdir "/tmp/lcm-bench-${COMPILE_IN:-child}${CHILD_IMAGES:-}${graphs:+-graphs}" --compile-only --compile-in "${COMPILE_IN:-child}" \
+        ${CHILD_IMAGES:+--child-images "$CHILD_IMAGES"} $graphs
     exit
 fi
 if [ "$part" = knobs ]; then
