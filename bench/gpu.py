@@ -12,7 +12,8 @@ Columns, each adding one thing to the one before, all on the same card in the sa
   of the VAE; softer pictures, so it stands beside the executor column rather than under the next one;
 - +compiled: the executor with the compiled twins (bot.engine.compiled), compiled in the background first;
   as the bot does where memory allows, a child process compiles first and fills the cache
-  (bot.engine.cache_filler; `--compile-in here` compiles in this process only).
+  (bot.engine.cache_filler; `--compile-in here` compiles in this process only). As the bot serves by default
+  on a GPU, batches of one replay CUDA graphs and the twins serve from 2 images (`CUDA_GRAPHS=off`: from 1).
 Then `bench.startup` runs as a fresh process on the weights saved to disk, with the compile cache this run
 filled (a restart). Then tiny+compiled: the tiny autoencoder served by compiled twins of its own. Last, when
 time is left, `bench.startup` with no compilation (time to the first image). Random weights: speed and memory are
@@ -52,7 +53,7 @@ from bot.engine.fused_styles import FusedStyles
 from bot.engine.generation import generate, render
 from bot.engine.pipelines import Pipelines, assemble_pipelines, vae_dtype
 from bot.engine.requests import COUNT_RANGE, GenerationRequest, Kind, bucket_sizes, check_inputs
-from bot.engine.service import choose_batch_images
+from bot.engine.service import choose_batch_images, graph_capture_for
 from bot.engine.vae import LatentCodec
 from bot.settings import Settings
 from tests.support.tiny_model import build_tiny_model, byte_level_tokenizer
@@ -299,9 +300,13 @@ def measure_compiled(
     users: int,
     batch: int,
     fill_cache: Callable[[], bool] | None = None,
+    smallest_images: int = 1,
 ) -> None:
-    """Compile twins of `ours` in the background, then measure `ours` served by them."""
-    if bench.left() > 120 and compile_twins(bench, ours, column, buckets, batch, fill_cache=fill_cache):
+    """Compile twins of `ours` in the background, then measure `ours` served by them (from `smallest_images`)."""
+    compiled = bench.left() > 120 and compile_twins(
+        bench, ours, column, buckets, batch, fill_cache=fill_cache, smallest_images=smallest_images
+    )
+    if compiled:
         measure_ours(bench, ours, column, buckets, requests, users, batch)
         bench.record("batches served compiled", column, str(ours.compiled.batches_served))
     else:
@@ -403,11 +408,6 @@ def main() -> None:
         "--compile-only", action="store_true", help="only compile the twins, timing eager requests meanwhile"
     )
     parser.add_argument(
-        "--cuda-graphs",
-        action="store_true",
-        help="with --compile-only: batches of one replay CUDA graphs, and the twins compile from 2 images",
-    )
-    parser.add_argument(
         "--compile-in",
         choices=["child", "here"],
         default="child",
@@ -419,8 +419,6 @@ def main() -> None:
         help="the compile child's largest batches (default: the batch size; the bot's 40 and 48 GB cards use 2)",
     )
     args = parser.parse_args()
-    if args.cuda_graphs and not (args.compile_only and not args.tiny):
-        parser.error("--cuda-graphs goes with --compile-only, on a CUDA GPU")
 
     device = torch.device("cpu" if args.tiny else "cuda")
     resolution = 256 if args.tiny else 1024
@@ -445,10 +443,15 @@ def main() -> None:
           f"{', '.join(STREAM_ASPECTS)}; batches of up to {batch}", flush=True)  # fmt: skip
 
     ours = ours_from(plain, device)
-    smallest_compiled = 1
-    if args.cuda_graphs:  # as the bot with COMPILE and CUDA_GRAPHS (bot.engine.service.load_engine)
-        ours.fused_styles = FusedStyles.of(ours, fuse=False, capture=cuda_graph_capture(), max_prompts=batch)
-        smallest_compiled = 2
+    # The compiled columns serve as the bot does (bot.engine.service.load_engine): with `CUDA_GRAPHS` (on a GPU by
+    # default), batches of one replay graphs and the twins compile from 2 images.
+    capture = graph_capture_for(settings, device)
+    smallest_compiled = 1 if capture is None else 2
+
+    def graphed_beside_the_twins(pipes: Pipelines) -> None:
+        if capture is not None:
+            pipes.fused_styles = FusedStyles.of(pipes, fuse=False, capture=capture, max_prompts=batch)
+
     fill_cache = None
     if args.compile_in == "child":  # the child loads the saved model, as a restart does
         child_settings = settings.model_copy(
@@ -457,6 +460,7 @@ def main() -> None:
         plan = CompilePlan(child_settings, buckets, batch, smallest_compiled)
         fill_cache = functools.partial(fill_compile_cache, plan, args.child_images or batch)
     if args.compile_only:
+        graphed_beside_the_twins(ours)
         # Eager warm-up, off the clock (with CUDA graphs, it captures the square bucket's)
         generate(ours, [check_inputs(Kind.IMAGINE, "warm-up", buckets=buckets)])
         compiled = compile_twins(
@@ -479,7 +483,8 @@ def main() -> None:
         compiled=None,
     )
     measure_ours(bench, tiny_decoded, "tiny VAE", buckets, args.requests, args.users, batch)
-    measure_compiled(bench, ours, "+compiled", buckets, args.requests, args.users, batch, fill_cache)
+    graphed_beside_the_twins(ours)
+    measure_compiled(bench, ours, "+compiled", buckets, args.requests, args.users, batch, fill_cache, smallest_compiled)
     del plain
     gc.collect()
 
@@ -487,7 +492,10 @@ def main() -> None:
     measure_restart(bench, model_dir, resolution, device.type, compile_setting="on")
 
     # 6. Both: the tiny autoencoder served by compiled twins (the UNet's graphs come from the cache by now)
-    measure_compiled(bench, tiny_decoded, "tiny+compiled", buckets, args.requests, args.users, batch)
+    graphed_beside_the_twins(tiny_decoded)
+    measure_compiled(
+        bench, tiny_decoded, "tiny+compiled", buckets, args.requests, args.users, batch, None, smallest_compiled
+    )
 
     # 7. If time is left, a fresh process without compiling: the time to a first image
     measure_restart(bench, model_dir, resolution, device.type, compile_setting="off")

@@ -13,7 +13,8 @@ Prints, each side by side in one process on one card:
 3. the ten costliest operators of plain's and of our latent-only call, and of our VAE decode (torch.profiler,
    device time on a GPU);
 4. VAE decode per dtype at batch 1 and at the decode chunk, and with `--compile-seconds` above 0, the
-   regional compile of the 1:1 bucket.
+   regional compile of the 1:1 bucket, then one UNet forward at batch 1, eager and compiled, each also replayed
+   from a CUDA graph.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from bench.gpu import DEFAULT_CONFIGS, STEPS, Bench, full_size_pipeline, ours_from, tiny_pipeline
+from bench.knobs import cuda_graphed
 from bench.streams import time_stream
 from bot.engine.compile_cache import use_compile_cache
 from bot.engine.compiled import CompiledTwins
@@ -182,6 +184,21 @@ def main() -> None:
         if ready:
             ours.compiled = twins
             probe.report("compiled: generate, cached prompt", lambda: generate(ours, [request]))
+            unet_forward_rows(probe, {"eager": unet, "compiled": twins.pipes.text2img.unet}, unet_inputs)
+
+
+def unet_forward_rows(probe: Probe, unets: dict[str, torch.nn.Module], inputs: tuple[tuple, dict]) -> None:
+    """One forward of each UNet on the same inputs, and on a GPU replayed from a CUDA graph too. A lone request's
+    steps replay graphs of the eager UNet (bot.engine.cuda_graphs), where its launches no longer count: whether
+    the compiled UNet's kernels take less GPU time there decides if graphs of the compiled twins would bring a lone
+    request closer to 0.30x plain."""
+    args, kwargs = inputs
+    with torch.no_grad():
+        for name, unet in unets.items():
+            forward = functools.partial(unet, *args, **kwargs)
+            probe.report(f"UNet forward, batch 1, {name}", forward)
+            if probe.device.type == "cuda":
+                probe.report(f"UNet forward, batch 1, {name}, CUDA graph", cuda_graphed(lambda f=forward: f().sample))
 
 
 if __name__ == "__main__":

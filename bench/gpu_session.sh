@@ -2,16 +2,17 @@
 # Every GPU measurement, for a lent GPU machine that allows 10-minute commands, in two parts that fit one
 # command each (or both in one, with `all`):
 #   diagnose: bench.gpu_probe (where one request's time and memory go, ours against plain diffusers, at 1 and
-#             8 images), then bench.decoders (the VAE against the tiny autoencoder at 1024x1024, batches 1 and 8);
+#             8 images; the UNet at batch 1 eager and compiled, each also from a CUDA graph), then
+#             bench.decoders (the VAE against the tiny autoencoder at 1024x1024, batches 1 and 8);
 #   compile:  bench.gpu --compile-only (the twins' cold compile, and eager requests served meanwhile; a child
 #             process fills the compile cache first, as the bot does, or with COMPILE_IN=here it does not;
 #             CHILD_IMAGES=2 makes the child's batches as small as on a 40 or 48 GB card; batches of one replay
 #             CUDA graphs and the twins compile from 2 images, as the bot does by default, or with
-#             CUDA_GRAPHS=off they compile from 1 image);
+#             CUDA_GRAPHS=off, which bench.gpu reads as the bot does, they compile from 1 image);
 #   knobs:    bench.knobs (CUDA graphs, channels last, cuDNN's algorithm search, fused QKV, PNG encoders), then
 #             bench.styles' forward table (a style through peft's layers against fused, batches of 1 and 8);
 #   table:    bench.knobs' PNG rows (this machine's CPU), then bench.gpu, the issue's table (plain, executor,
-#             tiny VAE, compiled, restarts, tiny+compiled), within BUDGET s.
+#             tiny VAE, compiled, restarts, tiny+compiled; CUDA_GRAPHS as for compile), within BUDGET s.
 # Each step has its own time limit, so one that hangs costs only its share. With CACHE_KEY_LOG=FILE, torch logs
 # how it keys its compile caches (AOTAutograd's and inductor's, component by component) to FILE, and a restart's
 # fresh process to FILE.restart-compile-cache-warm: a diff of the two shows what makes a restart miss the cache.
@@ -46,10 +47,9 @@ step() {
 }
 
 if [ "$part" = compile ]; then
-    graphs=$([ "${CUDA_GRAPHS:-auto}" = off ] || echo --cuda-graphs) # as the bot: graphs unless CUDA_GRAPHS=off
     step $((budget + 20)) bench.gpu --configs "$configs" --budget "$budget" \
-        --workdir "/tmp/lcm-bench-${COMPILE_IN:-child}${CHILD_IMAGES:-}${graphs:+-graphs}" --compile-only --compile-in "${COMPILE_IN:-child}" \
-        ${CHILD_IMAGES:+--child-images "$CHILD_IMAGES"} $graphs
+        --workdir "/tmp/lcm-bench-${COMPILE_IN:-child}${CHILD_IMAGES:-}-graphs-${CUDA_GRAPHS:-auto}" \
+        --compile-only --compile-in "${COMPILE_IN:-child}" ${CHILD_IMAGES:+--child-images "$CHILD_IMAGES"}
     exit
 fi
 if [ "$part" = knobs ]; then
@@ -58,7 +58,7 @@ if [ "$part" = knobs ]; then
     exit
 fi
 if [ "$part" != table ]; then
-    step 170 bench.gpu_probe --configs "$configs" --compile-seconds 0
+    step 320 bench.gpu_probe --configs "$configs" --compile-seconds 150
     step 60 bench.decoders --configs "$configs" --device cuda --resolution 1024 --batches 1 8
 fi
 if [ "$part" != diagnose ]; then
