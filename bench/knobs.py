@@ -6,7 +6,7 @@ algorithm search, fused attention projections, CUDA graphs, and PNG encoders on 
     python -m bench.knobs --png-only                       # the PNG rows alone, at 1024x1024
 
 Each row adds one switch to the row before, on the same modules in one process: one UNet forward at batch 1 and at
-batch 8 (float16; on a GPU also at 2 and 4), the VAE decode at batch 1 and at the decode chunk (its serving dtype),
+batch 8 (float16; on a GPU also at 2, 4 and 16), the VAE decode at batch 1 and at the decode chunk (its serving dtype),
 the tiny autoencoder at batch 8, and both text encoders on 1 and 8 prompts (what a batch of new prompts costs; no
 switch of their own). On a GPU, the second row replays the first row's calls from CUDA graphs (and adds nothing to
 the rows after it). A row's `max diff` is its largest difference from the first row's output: a switch must not
@@ -140,10 +140,12 @@ def unet_inputs(unet: UNet2DConditionModel, side: int, batch: int) -> Callable[[
 
 def unet_batches(batches: tuple[int, ...], device: torch.device) -> tuple[int, ...]:
     """On a GPU, also 2 and 4 images: whether CUDA graphs pay at the sizes between 1 and 8 that a server with a
-    few users forms most (bot.engine.cuda_graphs graphs batches of one only), and what each capture reserves."""
+    few users forms most (bot.engine.cuda_graphs graphs batches of one only), and what each capture reserves.
+    And 16: whether an image computes faster in batches of 16 than of 8, the most the bot forms on its own
+    (`MAX_AUTO_BATCH_IMAGES`); at 8 the UNet used under half the card's bfloat16 rate on an H200."""
     if device.type != "cuda":
         return batches
-    return tuple(sorted({*batches, 2, 4}))
+    return tuple(sorted({*batches, 2, 4, 16}))
 
 
 def text_encoder_inputs(encoders: list[torch.nn.Module], batch: int) -> Callable[[], torch.Tensor]:
