@@ -20,8 +20,8 @@
 #   bench/gpu_session.sh [MODEL_CONFIGS_DIR] [diagnose|knobs|compile|table|all] [BUDGET]
 #
 # On a machine without diffusers, put its wheel, and those of the other packages it lacks, in `.whl/` in the
-# checkout first. The lent H200 and H100 machines lacked diffusers, imagecodecs, pydantic, pydantic-core,
-# pydantic-settings, python-dotenv, annotated-types and typing-inspection (bench/README.md has the command).
+# checkout first (bench/README.md has the command). The lent H200 machine of 2026-11-27 lacked diffusers,
+# imagecodecs, pydantic, pydantic-core, pydantic-settings, python-dotenv, annotated-types and typing-inspection.
 set -u
 cd "$(dirname "$0")/.."
 configs=${1:-../shared/model-configs/ssd-1b}
@@ -29,9 +29,14 @@ part=${2:-all}
 budget=${3:-230}
 python=${PYTHON:-python3}
 if [ -d .whl ]; then
-    "$python" -m pip install -q --no-index --no-deps --no-compile --target /tmp/lcm-bot-site .whl/*.whl
+    "$python" -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/lcm-bot-site .whl/*.whl
     export PYTHONPATH="/tmp/lcm-bot-site:$PWD"
 fi
+# A missing package stops every step; say which here, before CACHE_KEY_LOG sends errors to its file.
+"$python" -c "import bench.gpu, bench.gpu_probe, bench.knobs, bench.styles" || {
+    echo "== a package is missing (above): carry its wheel in .whl/"
+    exit 1
+}
 if [ -n "${CACHE_KEY_LOG:-}" ]; then
     export TORCH_LOGS="+torch._functorch._aot_autograd.autograd_cache,+torch._inductor.codecache"
     export TORCH_LOGS_OUT="$CACHE_KEY_LOG"
