@@ -268,9 +268,10 @@ def start_compile_workers(device: torch.device) -> float:
 
     Until its workers are up, inductor builds each Triton kernel on the compiling thread itself (pytorch#146417),
     and Triton holds the GIL through much of a build (triton-lang/triton#2088), so the serving thread can hardly
-    launch a kernel meanwhile (on top of the wait `quick_gil_handoffs` shortens). Not yet measured on a GPU.
-    Workers build only Triton (GPU) kernels, so a CPU has nothing to wait for. When the cache holds every
-    kernel (a restart, or after the compile child), the wait may be all they cost: the benchmarks report it."""
+    launch a kernel meanwhile (on top of the wait `quick_gil_handoffs` shortens). On an H200 machine the workers
+    took 10.2 to 10.9 s to start (bench/README.md). Workers build only Triton (GPU) kernels, so a CPU has nothing
+    to wait for. When the cache holds every kernel (a restart, or after the compile child), the wait may be all
+    they cost: the benchmarks report it."""
     if device.type != "cuda":
         return 0.0
     # Imported here: inductor is slow to import, and most runs never compile.
