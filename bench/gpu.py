@@ -14,10 +14,12 @@ Columns, each adding one thing to the one before, all on the same card in the sa
   as the bot does where memory allows, a child process compiles first and fills the cache
   (bot.engine.cache_filler; `--compile-in here` compiles in this process only). As the bot serves by default
   on a GPU, batches of one replay CUDA graphs and the twins serve from 2 images (`CUDA_GRAPHS=off`: from 1).
-Then `bench.startup` runs as a fresh process on the weights saved to disk, with the compile cache this run
-filled (a restart). Then tiny+compiled: the tiny autoencoder served by compiled twins of its own. Last, when
-time is left, `bench.startup` with no compilation (time to the first image). Random weights: speed and memory are
-real, the pictures are noise. Phases that would overrun `--budget` seconds are skipped and say so.
+On a GPU, the executor and tiny VAE columns also time lone requests and the stream with CUDA graphs, and the
+stream in batches of twice the bot's size. Then `bench.startup` runs as a fresh process on the weights saved to
+disk, with the compile cache this run filled (a restart). Then tiny+compiled: the tiny autoencoder served by
+compiled twins of its own. Last, when time is left, `bench.startup` with no compilation (time to the first
+image). Random weights: speed and memory are real, the pictures are noise. Phases that would overrun `--budget`
+seconds are skipped and say so.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from bot.engine.cache_filler import CompilePlan, fill_compile_cache
 from bot.engine.compile_cache import use_compile_cache
 from bot.engine.compiled import CompiledTwins
 from bot.engine.cuda_graphs import cuda_graph_capture
+from bot.engine.executor import BatchRunner
 from bot.engine.fused_styles import FusedStyles
 from bot.engine.generation import generate, render
 from bot.engine.pipelines import Pipelines, assemble_pipelines, vae_dtype
@@ -222,16 +225,56 @@ def measure_ours(bench: Bench, ours: Pipelines, column: str, buckets, requests: 
     eight = eight_images(buckets)
     bench.record("8 images in one call, s", column, f"{bench.seconds(lambda: generate(ours, eight)):.3f}")
     bench.record("peak memory, 8 images, GiB", column, f"{bench.peak_gib(lambda: generate(ours, eight)):.2f}")
-    stream = stream_requests(buckets, requests, column)
-    warm_up = [  # every stream aspect at batch 1 and at the largest batch
+    warm_up = stream_warm_up(buckets, [1], split_count(batch))
+    run_stream(bench, run_ours, column, "stream", buckets, requests=requests, users=users, batch=batch, warm_up=warm_up)
+    if bench.device.type == "cuda" and ours.compiled is None:
+        try:
+            measure_larger_batches(bench, ours, column, buckets, requests=requests, users=users, batch=2 * batch)
+        except Exception as exc:  # out of memory, say: the rest of the table still gets its GPU time
+            print(f"larger batches failed: {exc!r}", flush=True)
+
+
+def run_stream(
+    bench: Bench,
+    run: BatchRunner,
+    column: str,
+    label: str,
+    buckets,
+    *,
+    requests: int,
+    users: int,
+    batch: int,
+    warm_up: list[list[GenerationRequest]],
+) -> None:
+    """Time the stream through an executor that forms batches of up to `batch` images, and record it as `label`.
+    Its prompts are new to the prompt cache (they name `label` and `column`), as a stream's are."""
+    stream = stream_requests(buckets, requests, f"{label} {column}")
+    timing = asyncio.run(time_stream(run, stream, users=users, batch_images=batch, warm_up=warm_up))
+    bench.record(f"{label}, images/s", column, f"{requests / timing.seconds:.2f}")
+    bench.record(f"{label}, speed-up over plain", column, f"{bench.plain_stream_seconds / timing.seconds:.2f}x")
+    bench.record(f"  {label}: batches, GPU thread busy", column, f"{timing.batches}, {timing.busy_share:.0%}")
+
+
+def measure_larger_batches(
+    bench: Bench, ours: Pipelines, column: str, buckets, *, requests: int, users: int, batch: int
+) -> None:
+    """The stream in batches of up to `batch` images, more than the bot forms on its own (`MAX_AUTO_BATCH_IMAGES`;
+    `MAX_BATCH_IMAGES` allows more). A batch of 8 took 0.54 s on an H200 with the tiny VAE, where its UNet steps
+    computed under half the card's rate: larger batches show whether the UNet does better, and how much of a
+    batch's time is fixed, before the bot forms them on large cards."""
+    warm_up = stream_warm_up(buckets, split_count(batch))
+    run = functools.partial(generate, ours)
+    label = f"stream in batches of {batch}"
+    run_stream(bench, run, column, label, buckets, requests=requests, users=users, batch=batch, warm_up=warm_up)
+
+
+def stream_warm_up(buckets, *batches: list[int]) -> list[list[GenerationRequest]]:
+    """For every stream aspect, one batch of requests of each of these counts: the shapes a stream will run."""
+    return [
         [check_inputs(Kind.IMAGINE, "warm-up", buckets=buckets, aspect=aspect, count=count) for count in counts]
         for aspect in STREAM_ASPECTS
-        for counts in ([1], split_count(batch))
+        for counts in batches
     ]
-    timing = asyncio.run(time_stream(run_ours, stream, users=users, batch_images=batch, warm_up=warm_up))
-    bench.record("stream, images/s", column, f"{requests / timing.seconds:.2f}")
-    bench.record("stream speed-up over plain", column, f"{bench.plain_stream_seconds / timing.seconds:.2f}x")
-    bench.record("  stream: batches, GPU thread busy", column, f"{timing.batches}, {timing.busy_share:.0%}")
 
 
 def bare_seconds(bench: Bench, pipes: Pipelines, buckets, tag: str) -> float:
@@ -273,12 +316,9 @@ def measure_graphs(
             [check_inputs(Kind.IMAGINE, f"warm-up {index}", buckets=buckets, aspect=aspect) for index in range(batch)],
         )
     ]
-    stream = stream_requests(buckets, requests, f"graphed {column}")
     run = functools.partial(generate, graphed)
-    timing = asyncio.run(time_stream(run, stream, users=users, batch_images=batch, warm_up=warm_up))
-    bench.record("CUDA graphs: stream, images/s", column, f"{requests / timing.seconds:.2f}")
-    bench.record("CUDA graphs: stream speed-up", column, f"{bench.plain_stream_seconds / timing.seconds:.2f}x")
-    bench.record("  graphed stream: batches, GPU thread busy", column, f"{timing.batches}, {timing.busy_share:.0%}")
+    label = "CUDA graphs: stream"
+    run_stream(bench, run, column, label, buckets, requests=requests, users=users, batch=batch, warm_up=warm_up)
     graph_gib = reserved_gib_after_release() - reserved_before
     bench.record(f"  memory of its graphs (4 aspects, 1 to {batch} prompts), GiB", column, f"{graph_gib:.2f}")
 
