@@ -212,7 +212,8 @@ def measure_ours(bench: Bench, ours: Pipelines, column: str, buckets, requests: 
     bench.record("one request alone, s", column, f"{statistics.median(seconds[1:4]):.3f}")
     bench.record("one request alone, cached prompt, s", column, f"{statistics.median(seconds[4:]):.3f}")
     bench.record("  the same without queue and PNG, s", column, f"{bare_seconds(bench, ours, buckets, column):.3f}")
-    if bench.device.type == "cuda" and ours.compiled is None:
+    eager_on_gpu = bench.device.type == "cuda" and ours.compiled is None  # the rows only eager models have
+    if eager_on_gpu:
         try:
             measure_graphs(bench, ours, column, buckets, requests=requests, users=users, batch=batch)
         except Exception as exc:  # said, and the rest of the table still gets its GPU time
@@ -227,7 +228,7 @@ def measure_ours(bench: Bench, ours: Pipelines, column: str, buckets, requests: 
     bench.record("peak memory, 8 images, GiB", column, f"{bench.peak_gib(lambda: generate(ours, eight)):.2f}")
     warm_up = stream_warm_up(buckets, [1], split_count(batch))
     run_stream(bench, run_ours, column, "stream", buckets, requests=requests, users=users, batch=batch, warm_up=warm_up)
-    if bench.device.type == "cuda" and ours.compiled is None:
+    if eager_on_gpu:
         try:
             measure_larger_batches(bench, ours, column, buckets, requests=requests, users=users, batch=2 * batch)
         except Exception as exc:  # out of memory, say: the rest of the table still gets its GPU time

@@ -142,7 +142,7 @@ def unet_batches(batches: tuple[int, ...], device: torch.device) -> tuple[int, .
     """On a GPU, also 2 and 4 images: whether CUDA graphs pay at the sizes between 1 and 8 that a server with a
     few users forms most (bot.engine.cuda_graphs graphs batches of one only), and what each capture reserves.
     And 16: whether an image computes faster in batches of 16 than of 8, the most the bot forms on its own
-    (`MAX_AUTO_BATCH_IMAGES`); at 8 the UNet used under half the card's bfloat16 rate on an H200."""
+    (`MAX_AUTO_BATCH_IMAGES`); at 8 the UNet used under half the card's half-precision rate on an H200."""
     if device.type != "cuda":
         return batches
     return tuple(sorted({*batches, 2, 4, 16}))
