@@ -29,10 +29,14 @@ graph records a forward's kernels once; a replay launches them all with one call
   every batch but those of styles whose LoRA adapts the text encoders, which keep peft's text encoders, whose
   adapters the style switches on (bot.engine.fused_styles).
 - A capture that fails leaves its signature eager, with one warning.
+- With `COMPILE` too, once the compiled twins are ready, each UNet graph is captured again over the compiled
+  twin of its UNet (`GraphedForward.recapture`, bot.engine.compiled): the same inputs and outputs, the same
+  arithmetic (to rounding), fewer and fused kernels. A replay runs no Python, so it can never recompile.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable, Collection, Hashable
@@ -92,9 +96,11 @@ def cuda_graph_capture() -> Capture:
 
 
 class _Captured:
-    def __init__(self, graph: Graph, inputs: list[object]) -> None:
+    def __init__(self, graph: Graph, inputs: list[object], spec: pytree.TreeSpec, grad_enabled: bool) -> None:
         self.graph = graph
         self.inputs = inputs  # the flattened arguments the graph reads; tensors are its own
+        self.spec = spec  # how `inputs` make the call's arguments
+        self.grad_enabled = grad_enabled
 
 
 class GraphedForward:
@@ -115,6 +121,7 @@ class GraphedForward:
         self._max_graphs = max_graphs
         self._graphs: dict[Hashable, _Captured] = {}
         self._eager: set[Hashable] = set()  # signatures whose capture failed
+        self.recaptured = 0  # graphs captured again over another forward (`recapture`)
 
     @property
     def graphs(self) -> int:
@@ -166,8 +173,34 @@ class GraphedForward:
             self._eager.add(key)
             log.warning("a batch of one could not be captured as a CUDA graph; its shape runs eager: %r", exc)
         else:
-            self._graphs[key] = _Captured(graph, inputs)
+            self._graphs[key] = _Captured(graph, inputs, spec, torch.is_grad_enabled())
         return result
+
+    def recapture(self, forward: Callable[..., Any]) -> int:
+        """Capture every graph again over `forward`, which computes what this one's forward computes (a compiled
+        twin of its module), from the graph's own inputs; returns how many graphs it replaced.
+
+        Each is run once first, outside the lock, so that whatever it compiles, it compiles while the graphs
+        keep replaying (its result, read from inputs a replay may be writing, is thrown away). A capture that
+        fails keeps the graph it would have replaced. Signatures that come later are captured over the eager
+        forward: capturing one over `forward` could compile, under the lock, on a user's request."""
+        with _REPLAY_LOCK:
+            graphs = list(self._graphs.items())
+        replaced = 0
+        for key, captured in graphs:
+            args, kwargs = pytree.tree_unflatten(captured.inputs, captured.spec)
+            with torch.set_grad_enabled(captured.grad_enabled):
+                forward(*args, **kwargs)
+                with _REPLAY_LOCK:
+                    try:
+                        graph = self._capture(functools.partial(forward, *args, **kwargs))
+                    except Exception as exc:  # the graph it has still serves
+                        log.warning("a batch of one's graph could not be captured again; it keeps its own: %r", exc)
+                        continue
+                    self._graphs[key] = _Captured(graph, captured.inputs, captured.spec, captured.grad_enabled)
+            replaced += 1
+        self.recaptured += replaced
+        return replaced
 
 
 def graphed_twin(

@@ -5,6 +5,7 @@ the tiny model against the eager UNet's, and the prompts they encode against the
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from bot.engine import cuda_graphs
 from bot.engine.adapters import StyleAdapters
 from bot.engine.cuda_graphs import GraphedForward
 from bot.engine.fused_styles import FusedStyles
@@ -79,6 +81,47 @@ def test_a_capture_that_fails_leaves_its_signature_eager(caplog: pytest.LogCaptu
     assert all(torch.equal(result, torch.full((1, 3), 3.0)) for result in results)
     assert len(attempts) == 1 and forward.graphs == 0
     assert len(caplog.records) == 1 and "runs eager" in caplog.records[0].getMessage()
+
+
+def test_graphs_captured_again_replay_the_new_forward_from_the_call_s_inputs() -> None:
+    capture = RerunCapture()
+    forward = GraphedForward(scaled, capture)
+    with torch.no_grad():
+        forward(torch.ones(1, 3))
+        forward(torch.ones(1, 5))
+    calls = []
+
+    def other(x: torch.Tensor, *, scale: float = 2.0) -> torch.Tensor:  # stands in for a compiled twin
+        calls.append((cuda_graphs._REPLAY_LOCK.locked(), torch.is_grad_enabled()))
+        return scaled(x, scale=scale + 1)
+
+    assert forward.recapture(other) == forward.recaptured == 2
+    # Each ran once outside the lock, where it may compile while replays go on, then was captured under it, with
+    # autograd as when the graph was first captured
+    assert calls == [(False, False), (True, False)] * 2
+    with torch.no_grad():
+        assert torch.equal(forward(torch.full((1, 3), 2.0)), torch.full((1, 3), 7.0))
+        assert torch.equal(forward(torch.full((1, 5), 1.0)), torch.full((1, 5), 4.0))
+        assert torch.equal(forward(torch.ones(2, 3)), torch.full((2, 3), 3.0))  # never graphed: the eager forward
+        assert torch.equal(forward(torch.ones(1, 7)), torch.full((1, 7), 3.0))  # a new signature: captured eager
+    assert forward.graphs == 3 and len(calls) == 4 + 2  # the stand-in's two replays ran it again; eager calls not
+
+
+def test_a_graph_that_cannot_be_captured_again_keeps_its_own(caplog: pytest.LogCaptureFixture) -> None:
+    graphs = RerunCapture()
+
+    def first_capture_only(run):
+        if graphs.graphs:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return graphs(run)
+
+    forward = GraphedForward(scaled, first_capture_only)
+    forward(torch.ones(1, 3))
+    with caplog.at_level(logging.WARNING, logger="bot.engine.cuda_graphs"):
+        assert forward.recapture(functools.partial(scaled, scale=5.0)) == 0
+    assert torch.equal(forward(torch.full((1, 3), 2.0)), torch.full((1, 3), 5.0))
+    assert graphs.replays == 1 and forward.recaptured == 0
+    assert len(caplog.records) == 1 and "keeps its own" in caplog.records[0].getMessage()
 
 
 def pixels(pipes: Pipelines, requests) -> np.ndarray:
