@@ -13,7 +13,8 @@ Columns, each adding one thing to the one before, all on the same card in the sa
 - +compiled: the executor with the compiled twins (bot.engine.compiled), compiled in the background first;
   as the bot does where memory allows, a child process compiles first and fills the cache
   (bot.engine.cache_filler; `--compile-in here` compiles in this process only). As the bot serves by default
-  on a GPU, batches of one replay CUDA graphs and the twins serve from 2 images (`CUDA_GRAPHS=off`: from 1).
+  on a GPU, batches of one replay CUDA graphs, captured again over the compiled UNet once it is compiled, and
+  the twins serve from 2 images (`CUDA_GRAPHS=off`: the twins serve from 1).
 On a GPU, the executor and tiny VAE columns also time lone requests and the stream with CUDA graphs, and the
 stream in batches of twice the bot's size. Then `bench.startup` runs as a fresh process on the weights saved to
 disk, with the compile cache this run filled (a restart). Then tiny+compiled: the tiny autoencoder served by
@@ -341,12 +342,9 @@ def measure_compiled(
     users: int,
     batch: int,
     fill_cache: Callable[[], bool] | None = None,
-    smallest_images: int = 1,
 ) -> None:
-    """Compile twins of `ours` in the background, then measure `ours` served by them (from `smallest_images`)."""
-    compiled = bench.left() > 120 and compile_twins(
-        bench, ours, column, buckets, batch, fill_cache=fill_cache, smallest_images=smallest_images
-    )
+    """Compile twins of `ours` in the background, then measure `ours` served by them."""
+    compiled = bench.left() > 120 and compile_twins(bench, ours, column, buckets, batch, fill_cache=fill_cache)
     if compiled:
         measure_ours(bench, ours, column, buckets, requests, users, batch)
         bench.record("batches served compiled", column, str(ours.compiled.batches_served))
@@ -363,13 +361,11 @@ def compile_twins(
     *,
     share_budget: bool = True,
     fill_cache: Callable[[], bool] | None = None,
-    smallest_images: int = 1,
 ) -> bool:
     """Compile in the background as the bot does, timing eager requests served meanwhile. `share_budget` gives
     up once the compile has taken half the time left beyond a minute, keeping the rest for later phases.
-    `fill_cache`: the cache filler's child compiles first (bot.engine.cache_filler). `smallest_images`: 2 where
-    CUDA graphs serve batches of one."""
-    twins = CompiledTwins(ours, buckets, batch, smallest_images=smallest_images)
+    `fill_cache`: the cache filler's child compiles first (bot.engine.cache_filler)."""
+    twins = CompiledTwins(ours, buckets, batch)
     started = time.perf_counter()
     twins.start(render, fill_cache)
     request = check_inputs(Kind.IMAGINE, "served while compiling", buckets=buckets, seed=5)
@@ -395,6 +391,7 @@ def compile_twins(
     bench.record("compile in this process, s", column, f"{twins.compile_seconds:.1f}")
     bench.record("  of which starting compile workers, s", column, f"{twins.workers_seconds:.1f}")
     bench.record("graphs compiled", column, str(twins.graphs_compiled))
+    bench.record("CUDA graphs captured again, compiled", column, str(twins.graphs_recaptured))
     ours.compiled = twins
     return True
 
@@ -485,29 +482,26 @@ def main() -> None:
 
     ours = ours_from(plain, device)
     # The compiled columns serve as the bot does (bot.engine.service.load_engine): with `CUDA_GRAPHS` (on a GPU by
-    # default), batches of one replay graphs and the twins compile from 2 images.
+    # default), batches of one replay graphs, which are captured again over the compiled UNet.
     capture = graph_capture_for(settings, device)
-    smallest_compiled = 1 if capture is None else 2
 
     def graphed_beside_the_twins(pipes: Pipelines) -> None:
+        """Graphs for batches of one, as the bot has them when its compile ends: the serving warm-up captured them.
+        The measured lone requests are square, so that bucket's is captured (eager, off the clock)."""
         if capture is not None:
             pipes.fused_styles = FusedStyles.of(pipes, fuse=False, capture=capture, max_prompts=batch)
+        generate(pipes, [check_inputs(Kind.IMAGINE, "warm-up", buckets=buckets)])
 
     fill_cache = None
     if args.compile_in == "child":  # the child loads the saved model, as a restart does
         child_settings = settings.model_copy(
             update={"model_base": str(model_dir), "model_unet": str(model_dir / "unet"), "device": device.type}
         )
-        plan = CompilePlan(child_settings, buckets, batch, smallest_compiled)
+        plan = CompilePlan(child_settings, buckets, batch)
         fill_cache = functools.partial(fill_compile_cache, plan, args.child_images or batch)
     if args.compile_only:
         graphed_beside_the_twins(ours)
-        # Eager warm-up, off the clock (with CUDA graphs, it captures the square bucket's)
-        generate(ours, [check_inputs(Kind.IMAGINE, "warm-up", buckets=buckets)])
-        compiled = compile_twins(
-            bench, ours, "+compiled", buckets, batch, share_budget=False, fill_cache=fill_cache,
-            smallest_images=smallest_compiled,
-        )  # fmt: skip
+        compiled = compile_twins(bench, ours, "+compiled", buckets, batch, share_budget=False, fill_cache=fill_cache)
         if compiled:
             # The kernels' speed at the size that serves, whatever size the child compiled them at
             eight = eight_images(buckets)
@@ -525,7 +519,7 @@ def main() -> None:
     )
     measure_ours(bench, tiny_decoded, "tiny VAE", buckets, args.requests, args.users, batch)
     graphed_beside_the_twins(ours)
-    measure_compiled(bench, ours, "+compiled", buckets, args.requests, args.users, batch, fill_cache, smallest_compiled)
+    measure_compiled(bench, ours, "+compiled", buckets, args.requests, args.users, batch, fill_cache)
     del plain
     gc.collect()
 
@@ -534,9 +528,7 @@ def main() -> None:
 
     # 6. Both: the tiny autoencoder served by compiled twins (the UNet's graphs come from the cache by now)
     graphed_beside_the_twins(tiny_decoded)
-    measure_compiled(
-        bench, tiny_decoded, "tiny+compiled", buckets, args.requests, args.users, batch, None, smallest_compiled
-    )
+    measure_compiled(bench, tiny_decoded, "tiny+compiled", buckets, args.requests, args.users, batch)
 
     # 7. If time is left, a fresh process without compiling: the time to a first image
     measure_restart(bench, model_dir, resolution, device.type, compile_setting="off")

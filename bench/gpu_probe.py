@@ -189,9 +189,8 @@ def main() -> None:
 
 def unet_forward_rows(probe: Probe, unets: dict[str, torch.nn.Module], inputs: tuple[tuple, dict]) -> None:
     """One forward of each UNet on the same inputs, and on a GPU replayed from a CUDA graph too. A lone request's
-    steps replay graphs of the eager UNet (bot.engine.cuda_graphs), where its launches no longer count: whether
-    the compiled UNet's kernels take less GPU time there decides if graphs of the compiled twins would bring a lone
-    request closer to 0.30x plain."""
+    steps replay graphs (bot.engine.cuda_graphs), where launches no longer count, and with `COMPILE` those graphs
+    are captured again over the compiled UNet (bot.engine.compiled): the graphed rows say what that gains a step."""
     args, kwargs = inputs
     with torch.no_grad():
         for name, unet in unets.items():

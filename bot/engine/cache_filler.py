@@ -69,7 +69,6 @@ class CompilePlan:
     settings: Settings
     buckets: dict[str, tuple[int, int]]
     max_batch_images: int
-    smallest_images: int = 1  # 2 where CUDA graphs serve batches of one (CompiledTwins)
 
     def to_json(self) -> str:
         """The plan for the child's standard input and for the marker file."""
@@ -78,7 +77,6 @@ class CompilePlan:
                 "settings": self.settings.model_dump(mode="json", include=set(MODEL_SETTINGS)),
                 "buckets": self.buckets,
                 "max_batch_images": self.max_batch_images,
-                "smallest_images": self.smallest_images,
             },
             sort_keys=True,
         )
@@ -90,7 +88,6 @@ class CompilePlan:
             settings=Settings(**data["settings"], _env_file=None),
             buckets={aspect: (width, height) for aspect, (width, height) in data["buckets"].items()},
             max_batch_images=data["max_batch_images"],
-            smallest_images=data["smallest_images"],
         )
 
     def fingerprint(self) -> str:
@@ -164,7 +161,7 @@ def main() -> int:
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s compile child: %(message)s")
     plan = CompilePlan.from_json(sys.stdin.read())
     pipes = load_pipelines(plan.settings)
-    twins = CompiledTwins(pipes, plan.buckets, batch_images, smallest_images=plan.smallest_images)
+    twins = CompiledTwins(pipes, plan.buckets, batch_images)
     return 0 if twins.compile_here(render) else 1
 
 

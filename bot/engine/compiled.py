@@ -10,8 +10,15 @@ serves seven aspect buckets at every batch size. These choices keep that cost aw
   `compile_repeated_blocks`), where most of its time goes; one compiled block serves every instance of it. Sizes
   are symbolic (`dynamic=True`), so one compilation covers every bucket and batch size; only batch 1 gets
   graphs of its own (torch specialises sizes of 1). Warming each bucket at batch 1 and at the largest batch
-  checks that nothing else specialises, instead of compiling per shape. Where CUDA graphs serve batches of one
-  (bot.engine.cuda_graphs), the twins serve from 2 images and compile no graphs for batch 1.
+  checks that nothing else specialises, instead of compiling per shape.
+- CUDA graphs: where batches of one replay the eager UNets' graphs (bot.engine.cuda_graphs), the twins serve from
+  2 images, and once compiled, those graphs are captured again over the twins' UNets: a replay then launches the
+  compiled kernels, still all at once. Compiled without graphs, a batch of one launches its kernels from Python
+  as eagerly as before, which made a lone request slower on an H200 (0.281 against 0.243 s, bench/README.md);
+  under graphs the launches are gone, and what compiling fuses (norms, activations, the adds between layers) is
+  what is left to gain. The graphs are captured again on the compile thread, so no user waits for a capture:
+  those the serving thread's warm-up captured, which starts with the compile and takes seconds where the compile
+  takes tens of them (a bucket captured later keeps an eager graph). Where a capture fails, the eager graph stays.
 - A persistent cache: inductor keeps compiled kernels in `COMPILE_CACHE_DIR` (bot.engine.compile_cache), so a
   restart replays them.
 - Styles: the twins' UNet has no adapter layers (bot.engine.fused_styles). A styled batch runs on a second
@@ -46,6 +53,7 @@ from diffusers import StableDiffusionXLPipeline
 
 from bot.engine.adapters import StyleAdapters, is_adapter_weight
 from bot.engine.compile_cache import compile_cache_counters
+from bot.engine.cuda_graphs import GraphedForward
 from bot.engine.fused_styles import FusedStyles, adapter_free_twin
 from bot.engine.pipelines import TEXT_ENCODERS, Pipelines, assemble_pipelines, pipeline_over
 from bot.engine.requests import GenerationRequest, Kind, check_inputs
@@ -75,20 +83,12 @@ class BatchShape:
 class CompiledTwins:
     """Owns the compiled pipelines and decides, batch by batch, whether they may serve it."""
 
-    def __init__(
-        self,
-        eager: Pipelines,
-        buckets: dict[str, tuple[int, int]],
-        max_batch_images: int,
-        *,
-        smallest_images: int = 1,
-    ) -> None:
-        """Twins for batches of `smallest_images` to `max_batch_images` images: from 2 where CUDA graphs serve
-        batches of one (bot.engine.cuda_graphs), which then compile no graphs of their own."""
+    def __init__(self, eager: Pipelines, buckets: dict[str, tuple[int, int]], max_batch_images: int) -> None:
+        """Twins for batches of up to `max_batch_images` images: from 2 where the eager UNets replay CUDA graphs
+        for batches of one, which are then captured again over the twins' UNets."""
         make_tracing_thread_local()
         self.buckets = buckets
         self.max_batch_images = max_batch_images
-        self.smallest_images = smallest_images
         unet = adapter_free_twin(eager.text2img.unet)
         unet.compile_repeated_blocks(fullgraph=True, dynamic=True)
         fused = eager.fused_styles.fused if eager.fused_styles is not None else None
@@ -115,6 +115,9 @@ class CompiledTwins:
         self.pipes.fused_styles = FusedStyles(
             self.pipes, plain_unet=unet, plain_encoders=plain_encoders, fused=fused, fused_unet=fused_unet
         )
+        self._graphed = graphed_counterparts(eager.fused_styles, {"plain_unet": unet, "fused_unet": fused_unet})
+        self.smallest_images = 2 if self._graphed else 1
+        self.graphs_recaptured = 0  # the eager UNets' graphs captured again over the twins' UNets
         self.compile_seconds: float | None = None
         self.cache_fill_seconds: float | None = None  # the child's compile, when one filled the cache first
         self.workers_seconds = 0.0  # of `compile_seconds`, the wait for inductor's worker processes
@@ -152,15 +155,16 @@ class CompiledTwins:
         return self.ready
 
     def warm_up_batches(self) -> list[list[GenerationRequest]]:
-        """Every bucket at the smallest and the largest batch, unstyled: the shapes whose compilation could differ
-        (torch gives batches of 1 graphs of their own, and every larger size one symbol).
+        """Every bucket at 1 image and at the largest batch, unstyled: the shapes whose compilation could differ
+        (torch gives batches of 1 graphs of their own, and every larger size one symbol). Batches of one compile
+        where the twins do not serve them too: the eager UNets' graphs are captured again over their kernels.
         Styled batches run the same graphs (see the module's docstring). The warm-up must not fuse a style: the
         fused weights are the eager models', and the GPU thread may be using them."""
         return [
             [check_inputs(Kind.IMAGINE, "warm-up", buckets=self.buckets, aspect=aspect, steps=1, seed=seed)
              for seed in range(images)]
             for aspect in self.buckets
-            for images in sorted({self.smallest_images, self.max_batch_images})
+            for images in sorted({1, self.max_batch_images})
         ]  # fmt: skip
 
     def serve(self, shape: BatchShape, work: Callable[[Pipelines], T]) -> T | None:
@@ -206,21 +210,35 @@ class CompiledTwins:
                 self.workers_seconds = start_compile_workers(self.pipes.device)
                 for batch in self.warm_up_batches():
                     render(self.pipes, batch)
+                self.graphs_recaptured = sum(graphed.recapture(twin) for graphed, twin in self._graphed)
         except Exception:
             log.exception("compiling the models failed; serving stays eager")
         else:
             self.compile_seconds = time.perf_counter() - started
             self.graphs_compiled = compiled_graph_count() - graphs_before
             log.info(
-                "compiled models ready after %.1f s (%d graphs; compile cache %s); they serve from now on",
+                "compiled models ready after %.1f s (%d graphs; compile cache %s); they serve from now on, and %d "
+                "CUDA graphs of batches of one replay their kernels",
                 self.compile_seconds,
                 self.graphs_compiled,
                 compile_cache_counters(),
+                self.graphs_recaptured,
             )
             self._ready.set()
         finally:
             self._finished.set()
         return self.ready
+
+
+def graphed_counterparts(
+    eager: FusedStyles | None, twins: dict[str, torch.nn.Module | None]
+) -> list[tuple[GraphedForward, torch.nn.Module]]:
+    """Each twin UNet with the graphed forward of its eager counterpart, the attribute of `eager` that it is
+    keyed by (the UNet without adapter layers, the fused-style one), where that replays CUDA graphs."""
+    if eager is None:
+        return []
+    pairs = [(getattr(getattr(eager, name), "forward", None), twin) for name, twin in twins.items() if twin is not None]
+    return [(forward, twin) for forward, twin in pairs if isinstance(forward, GraphedForward)]
 
 
 @contextlib.contextmanager

@@ -29,7 +29,8 @@ the UNet then runs as if no adapter existed: 0.88 to 1.03x (once 1.29x).
 - With `CUDA_GRAPHS`, both UNets and the adapter-free text encoders are graphed twins (bot.engine.cuda_graphs),
   and the pipelines here serve unstyled batches even where no style brought adapter layers: batches of one
   image replay CUDA graphs, and so does encoding new prompts, up to a batch's worth. A fuse copies into the fused
-  weights, so the graphs captured on them serve every style.
+  weights, so the graphs captured on them serve every style. With `COMPILE` too, both UNets' graphs are captured
+  again over their compiled twins (bot.engine.compiled).
 """
 
 from __future__ import annotations
@@ -111,12 +112,14 @@ class FusedStyles:
         `pipes`' text encoders, and so do the styles `fused` does not hold, on `peft_unet` (with peft's adapter
         layers), where it is given."""
         self.plain_encoders = dict(plain_encoders or {})
+        self.plain_unet = plain_unet
         self._plain: dict[Kind, DiffusionPipeline] = {}
         if plain_unet is not None:
             self._plain = _task_pipelines_over(pipes, plain_unet, **self.plain_encoders)
         self.fused = fused
         if fused is not None and fused_unet is None:
             fused_unet = fused.unet
+        self.fused_unet = fused_unet
         # The adapters with weights in the text encoders: their styles encode on the eager ones
         self.text_adapters = frozenset().union(*(adapters_in(getattr(pipes.text2img, name)) for name in TEXT_ENCODERS))
         self._fused: dict[Kind, DiffusionPipeline] = {}  # for styles that leave the text encoders alone

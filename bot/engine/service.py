@@ -173,16 +173,11 @@ def load_engine(settings: Settings) -> tuple[Pipelines, int]:
     batch_images = choose_batch_images(settings, pipes.device)
     capture = graph_capture_for(settings, pipes.device)
     pipes.fused_styles = fused_styles_for(settings, pipes, batch_images, capture)
-    # Batches of one are launch-bound: CUDA graphs remove their launches, where compiling them gained 1 % on an
-    # H100 (bench/README.md). So with graphs, the compiled twins serve (and compile) larger batches only.
-    smallest_compiled = 1 if capture is None else 2
     fill_cache = None
-    if compile_enabled(settings, pipes.device) and batch_images < smallest_compiled:
-        log.info("COMPILE: batches hold one image, which CUDA graphs serve; nothing is compiled")
-    elif compile_enabled(settings, pipes.device):
+    if compile_enabled(settings, pipes.device):
         use_compile_cache(settings.compile_cache_dir)
-        pipes.compiled = CompiledTwins(pipes, buckets, batch_images, smallest_images=smallest_compiled)
-        plan = CompilePlan(settings, buckets, batch_images, smallest_compiled)
+        pipes.compiled = CompiledTwins(pipes, buckets, batch_images)
+        plan = CompilePlan(settings, buckets, batch_images)
         child_images = compile_child_batch(settings, pipes.device, batch_images) if needs_filling(plan) else None
         if child_images is not None:
             fill_cache = functools.partial(fill_compile_cache, plan, child_images)

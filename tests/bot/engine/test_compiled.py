@@ -22,7 +22,7 @@ from bot.engine.compiled import (
     quick_gil_handoffs,
 )
 from bot.engine.fused_styles import FusedStyles
-from bot.engine.generation import generate, render
+from bot.engine.generation import generate, render, warm_up
 from bot.engine.pipelines import Pipelines, load_pipelines
 from bot.engine.requests import Kind, check_inputs
 from bot.settings import Settings
@@ -108,18 +108,37 @@ def test_batches_larger_than_warmed_up_run_eager(pipes: Pipelines, buckets, serv
     assert served_by.batches_served == served
 
 
-def test_beside_cuda_graphs_the_twins_compile_and_serve_larger_batches_only(
+def test_beside_cuda_graphs_batches_of_one_replay_the_compiled_unets_and_the_twins_serve_larger_batches(
     pipes: Pipelines, buckets, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with_graphs = FusedStyles.of(pipes, fuse=True, capture=RerunCapture(), max_prompts=MAX_BATCH)
+    capture = RerunCapture()
+    with_graphs = FusedStyles.of(pipes, fuse=True, capture=capture, max_prompts=MAX_BATCH)
     monkeypatch.setattr(pipes, "fused_styles", with_graphs)
-    twins = CompiledTwins(pipes, {"1:1": buckets["1:1"]}, max_batch_images=MAX_BATCH, smallest_images=2)
-    assert [len(batch) for batch in twins.warm_up_batches()] == [MAX_BATCH]
+    square = {"1:1": buckets["1:1"]}
+    warm_up(pipes, square)  # as the serving thread does: the square bucket's graphs, unstyled and in a fused style
+    book = StyleBook(list(STYLES.values()))
+    alone = [check_inputs(Kind.IMAGINE, "a fox", buckets=buckets, seed=1, steps=2, style=style, styles=book)
+             for style in (None, "ink")]  # fmt: skip
+    eager = [generate(pipes, [request])[0][0] for request in alone]  # replaying the eager UNets' graphs
+
+    twins = CompiledTwins(pipes, square, max_batch_images=MAX_BATCH)
+    assert [len(batch) for batch in twins.warm_up_batches()] == [1, MAX_BATCH]
     twins.start(render)
     assert twins.wait(timeout=900), "compilation failed (see the log)"
+    assert twins.graphs_recaptured == 2  # the unstyled UNet's graph and the fused one's
     monkeypatch.setattr(pipes, "compiled", twins)
-    generate(pipes, [check_inputs(Kind.IMAGINE, "a fox", buckets=buckets, seed=1)])
-    assert twins.batches_served == 0  # a batch of one is the graphs' (eager on the CPU)
+    calls = {"plain_unet": 0, "fused_unet": 0}
+    for name in calls:
+        getattr(twins.pipes.fused_styles, name).register_forward_pre_hook(
+            lambda *_, name=name: calls.__setitem__(name, calls[name] + 1)
+        )
+    graphs, replays = compiled_graph_count(), capture.replays
+    compiled = [generate(pipes, [request])[0][0] for request in alone]
+    # Batches of one replay graphs (the stand-in runs what was captured again), now of the compiled UNets
+    assert calls == {"plain_unet": 2, "fused_unet": 2} and capture.replays > replays
+    assert twins.batches_served == 0 and compiled_graph_count() == graphs
+    for ours, reference in zip(compiled, eager, strict=True):
+        assert np.abs(pixels(ours) - pixels(reference)).max() <= 2
     generate(pipes, [check_inputs(Kind.IMAGINE, "a fox", buckets=buckets, seed=1, count=2)])
     assert twins.batches_served == 1
     # The twins encode unstyled prompts on the eager side's graphed text encoders, two new prompts in one graph
