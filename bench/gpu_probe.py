@@ -13,8 +13,8 @@ Prints, each side by side in one process on one card:
 3. the ten costliest operators of plain's and of our latent-only call, and of our VAE decode (torch.profiler,
    device time on a GPU);
 4. VAE decode per dtype at batch 1 and at the decode chunk, and with `--compile-seconds` above 0, the
-   regional compile of the 1:1 bucket, then one UNet forward at batch 1, eager and compiled, each also replayed
-   from a CUDA graph.
+   regional compile of the 1:1 bucket; then one UNet forward at batch 1, eager, eager on cuDNN's attention
+   kernels, and compiled (when it was), each also replayed from a CUDA graph.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from bench.gpu import DEFAULT_CONFIGS, STEPS, Bench, full_size_pipeline, ours_from, tiny_pipeline
-from bench.knobs import cuda_graphed
+from bench.knobs import cuda_graphed, cudnn_attention
 from bench.streams import time_stream
 from bot.engine.compile_cache import use_compile_cache
 from bot.engine.compiled import CompiledTwins
@@ -43,6 +43,7 @@ from bot.engine.generation import _denoise, generate, render
 from bot.engine.png import encode_png
 from bot.engine.requests import GenerationRequest, Kind, bucket_sizes, check_inputs
 from bot.engine.vae import DECODE_CHUNK
+from bot.engine.weight_sharing import weight_sharing_twin
 
 REPEATS = 3
 
@@ -175,6 +176,9 @@ def main() -> None:
                 lambda vae=vae, latents=decode_latents: vae.decode(latents / scale),
             )
         plain.vae.to(plain.unet.dtype)
+    cudnn_unet = weight_sharing_twin(unet)
+    cudnn_attention(cudnn_unet)
+    unets = {"eager": unet, "eager, cuDNN attention": cudnn_unet}
     if args.compile_seconds > 0:
         twins = CompiledTwins(ours, {"1:1": buckets["1:1"]}, 1)
         started = time.perf_counter()
@@ -184,13 +188,15 @@ def main() -> None:
         if ready:
             ours.compiled = twins
             probe.report("compiled: generate, cached prompt", lambda: generate(ours, [request]))
-            unet_forward_rows(probe, {"eager": unet, "compiled": twins.pipes.text2img.unet}, unet_inputs)
+            unets["compiled"] = twins.pipes.text2img.unet
+    unet_forward_rows(probe, unets, unet_inputs)
 
 
 def unet_forward_rows(probe: Probe, unets: dict[str, torch.nn.Module], inputs: tuple[tuple, dict]) -> None:
     """One forward of each UNet on the same inputs, and on a GPU replayed from a CUDA graph too. A lone request's
     steps replay graphs (bot.engine.cuda_graphs), where launches no longer count, and with `COMPILE` those graphs
-    are captured again over the compiled UNet (bot.engine.compiled): the graphed rows say what that gains a step."""
+    are captured again over the compiled UNet (bot.engine.compiled): the graphed rows say what that gains a step,
+    and what cuDNN's attention kernels would (bench.knobs)."""
     args, kwargs = inputs
     with torch.no_grad():
         for name, unet in unets.items():

@@ -9,7 +9,7 @@
 #             CHILD_IMAGES=2 makes the child's batches as small as on a 40 or 48 GB card; batches of one replay
 #             CUDA graphs, captured again over the compiled UNet, and the twins serve from 2 images, as the bot
 #             does by default, or with CUDA_GRAPHS=off, which bench.gpu reads as the bot does, from 1 image);
-#   knobs:    bench.knobs (CUDA graphs, channels last, cuDNN's algorithm search, fused QKV, PNG encoders), then
+#   knobs:    bench.knobs (cuDNN attention, CUDA graphs, channels last, cuDNN search, fused QKV, PNG encoders), then
 #             bench.styles' forward table (a style through peft's layers against fused, batches of 1 and 8);
 #   table:    bench.knobs' PNG rows (this machine's CPU), then bench.gpu, the issue's table (plain, executor,
 #             tiny VAE, compiled, restarts, tiny+compiled; CUDA_GRAPHS as for compile), within BUDGET s.
