@@ -429,6 +429,7 @@ def measure_restart(bench: Bench, model_dir: Path, resolution: int, device: str,
         phases = "{dynamo} / {tracing} / {backend}".format(**report["compile_phases_s"])
         bench.record("  compiling: all / tracing / backend, s", column, phases)
         bench.record("  starting compile workers, s", column, f"{report['compile_workers_s']:.1f}")
+        bench.record("  CUDA graphs captured again, compiled", column, str(report["graphs_recaptured"]))
     bench.record("fresh process: alone, s", column, f"{report['alone_s']:.3f}")
     if "peak_batch1_gib" in report:
         bench.record("fresh process: peak, one image, GiB", column, f"{report['peak_batch1_gib']:.2f}")

@@ -81,6 +81,7 @@ def main() -> None:
         report["compile_cache"] = compile_cache_counters()
         report["compile_phases_s"] = compile_phase_seconds()
         report["compile_workers_s"] = round(pipes.compiled.workers_seconds, 1)
+        report["graphs_recaptured"] = pipes.compiled.graphs_recaptured
     print(json.dumps(report), flush=True)
 
 
