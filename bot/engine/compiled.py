@@ -18,7 +18,8 @@ serves seven aspect buckets at every batch size. These choices keep that cost aw
   under graphs the launches are gone, and what compiling fuses (norms, activations, the adds between layers) is
   what is left to gain. The graphs are captured again on the compile thread, so no user waits for a capture:
   those the serving thread's warm-up captured, which starts with the compile and takes seconds where the compile
-  takes tens of them (a bucket captured later keeps an eager graph). Where a capture fails, the eager graph stays.
+  takes tens of them (a bucket captured later keeps an eager graph). Where a capture fails, or its graph's output
+  strays from the eager graph's beyond rounding, the eager graph stays.
 - A persistent cache: inductor keeps compiled kernels in `COMPILE_CACHE_DIR` (bot.engine.compile_cache), so a
   restart replays them.
 - Styles: the twins' UNet has no adapter layers (bot.engine.fused_styles). A styled batch runs on a second

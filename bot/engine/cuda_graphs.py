@@ -31,7 +31,8 @@ graph records a forward's kernels once; a replay launches them all with one call
 - A capture that fails leaves its signature eager, with one warning.
 - With `COMPILE` too, once the compiled twins are ready, each UNet graph is captured again over the compiled
   twin of its UNet (`GraphedForward.recapture`, bot.engine.compiled): the same inputs and outputs, the same
-  arithmetic (to rounding), fewer and fused kernels. A replay runs no Python, so it can never recompile.
+  arithmetic (to rounding), fewer and fused kernels. A replay runs no Python, so it can never recompile. The
+  new graph replaces the old one only once both, replayed from the same inputs, `agree`.
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ GRAPHED_BATCH_SIZES = frozenset({1})
 # they ever differ. Past it, new signatures run eager rather than take memory without bound.
 MAX_GRAPHS = 16
 WARM_UPS = 2  # eager runs on the capture's side stream first: cuBLAS and cuDNN set up outside the capture
+# How far a graph captured again may stray from the one it replaces, as a share of each output's largest value:
+# compiled kernels round differently, by far less; a graph that reads the wrong memory is off by the whole value.
+AGREEMENT = 0.05
 # Graphs share a memory pool, so replays (and the copies of their outputs) run one at a time.
 _REPLAY_LOCK = threading.Lock()
 
@@ -181,9 +185,11 @@ class GraphedForward:
         twin of its module), from the graph's own inputs; returns how many graphs it replaced.
 
         Each is run once first, outside the lock, so that whatever it compiles, it compiles while the graphs
-        keep replaying (its result, read from inputs a replay may be writing, is thrown away). A capture that
-        fails keeps the graph it would have replaced. Signatures that come later are captured over the eager
-        forward: capturing one over `forward` could compile, under the lock, on a user's request."""
+        keep replaying (its result, read from inputs a replay may be writing, is thrown away). Then, under the
+        lock, it is captured, and the new graph and the old one are replayed from the same inputs: a graph whose
+        outputs do not `agree` with the old one's, or a capture that fails, keeps the old graph, so a capture
+        that went wrong on some GPU costs speed, never pictures. Signatures that come later are captured over
+        the eager forward: capturing one over `forward` could compile, under the lock, on a user's request."""
         with _REPLAY_LOCK:
             graphs = list(self._graphs.items())
         replaced = 0
@@ -194,13 +200,36 @@ class GraphedForward:
                 with _REPLAY_LOCK:
                     try:
                         graph = self._capture(functools.partial(forward, *args, **kwargs))
+                        captured.graph.replay()
+                        graph.replay()
+                        problem = None if agree(captured.graph.outputs, graph.outputs) else "its outputs differ"
                     except Exception as exc:  # the graph it has still serves
-                        log.warning("a batch of one's graph could not be captured again; it keeps its own: %r", exc)
+                        problem = repr(exc)
+                    if problem is not None:
+                        log.warning("a batch of one's graph was not captured again (%s); it keeps its own", problem)
                         continue
                     self._graphs[key] = _Captured(graph, captured.inputs, captured.spec, captured.grad_enabled)
             replaced += 1
         self.recaptured += replaced
         return replaced
+
+
+def agree(reference: Any, candidate: Any, tolerance: float = AGREEMENT) -> bool:
+    """Whether each tensor of `candidate` is the one of `reference` in the same place, to within `tolerance` of
+    that tensor's largest finite value, with the same entries not a number or infinite (of the same sign).
+    Kernels that fuse or order their arithmetic differently round differently; a graph that reads or writes the
+    wrong memory does not come close."""
+    for expected, actual in zip(pytree.tree_leaves(reference), pytree.tree_leaves(candidate), strict=True):
+        if not isinstance(expected, torch.Tensor):
+            continue
+        expected, actual = expected.float(), actual.float()
+        if any(not torch.equal(test(expected), test(actual)) for test in (torch.isnan, torch.isposinf, torch.isneginf)):
+            return False
+        finite = expected.isfinite()
+        expected, actual = expected[finite], actual[finite]
+        if expected.numel() and (actual - expected).abs().max() > tolerance * expected.abs().max():
+            return False
+    return True
 
 
 def graphed_twin(

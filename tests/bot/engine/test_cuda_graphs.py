@@ -16,7 +16,7 @@ from PIL import Image
 
 from bot.engine import cuda_graphs
 from bot.engine.adapters import StyleAdapters
-from bot.engine.cuda_graphs import GraphedForward
+from bot.engine.cuda_graphs import GraphedForward, agree
 from bot.engine.fused_styles import FusedStyles
 from bot.engine.generation import generate, warm_up
 from bot.engine.pipelines import Pipelines, load_pipelines
@@ -91,20 +91,20 @@ def test_graphs_captured_again_replay_the_new_forward_from_the_call_s_inputs() -
         forward(torch.ones(1, 5))
     calls = []
 
-    def other(x: torch.Tensor, *, scale: float = 2.0) -> torch.Tensor:  # stands in for a compiled twin
+    def twin(x: torch.Tensor, *, scale: float = 2.0) -> torch.Tensor:  # stands in for a compiled twin
         calls.append((cuda_graphs._REPLAY_LOCK.locked(), torch.is_grad_enabled()))
-        return scaled(x, scale=scale + 1)
+        return torch.addcmul(torch.ones_like(x), x, torch.full_like(x, scale))  # the same values, other kernels
 
-    assert forward.recapture(other) == forward.recaptured == 2
-    # Each ran once outside the lock, where it may compile while replays go on, then was captured under it, with
-    # autograd as when the graph was first captured
-    assert calls == [(False, False), (True, False)] * 2
+    assert forward.recapture(twin) == forward.recaptured == 2
+    # Each ran once outside the lock, where it may compile while replays go on, then under it was captured and
+    # replayed beside the old graph, with autograd as when the graph was first captured
+    assert calls == [(False, False), (True, False), (True, False)] * 2
     with torch.no_grad():
-        assert torch.equal(forward(torch.full((1, 3), 2.0)), torch.full((1, 3), 7.0))
-        assert torch.equal(forward(torch.full((1, 5), 1.0)), torch.full((1, 5), 4.0))
+        assert torch.equal(forward(torch.full((1, 3), 2.0)), torch.full((1, 3), 5.0))
+        assert torch.equal(forward(torch.full((1, 5), 1.0)), torch.full((1, 5), 3.0))
         assert torch.equal(forward(torch.ones(2, 3)), torch.full((2, 3), 3.0))  # never graphed: the eager forward
         assert torch.equal(forward(torch.ones(1, 7)), torch.full((1, 7), 3.0))  # a new signature: captured eager
-    assert forward.graphs == 3 and len(calls) == 4 + 2  # the stand-in's two replays ran it again; eager calls not
+    assert forward.graphs == 3 and len(calls) == 6 + 2  # the stand-in's two replays ran the twin; eager calls not
 
 
 def test_a_graph_that_cannot_be_captured_again_keeps_its_own(caplog: pytest.LogCaptureFixture) -> None:
@@ -118,10 +118,30 @@ def test_a_graph_that_cannot_be_captured_again_keeps_its_own(caplog: pytest.LogC
     forward = GraphedForward(scaled, first_capture_only)
     forward(torch.ones(1, 3))
     with caplog.at_level(logging.WARNING, logger="bot.engine.cuda_graphs"):
-        assert forward.recapture(functools.partial(scaled, scale=5.0)) == 0
+        assert forward.recapture(scaled) == 0
     assert torch.equal(forward(torch.full((1, 3), 2.0)), torch.full((1, 3), 5.0))
     assert graphs.replays == 1 and forward.recaptured == 0
-    assert len(caplog.records) == 1 and "keeps its own" in caplog.records[0].getMessage()
+    assert len(caplog.records) == 1 and "not permitted" in caplog.records[0].getMessage()
+
+
+def test_a_graph_captured_again_that_paints_otherwise_keeps_the_old_one(caplog: pytest.LogCaptureFixture) -> None:
+    capture = RerunCapture()
+    forward = GraphedForward(scaled, capture)
+    forward(torch.ones(1, 3))
+    with caplog.at_level(logging.WARNING, logger="bot.engine.cuda_graphs"):
+        assert forward.recapture(functools.partial(scaled, scale=2.5)) == 0
+    assert torch.equal(forward(torch.full((1, 3), 2.0)), torch.full((1, 3), 5.0))
+    assert len(caplog.records) == 1 and "outputs differ" in caplog.records[0].getMessage()
+
+
+def test_graphs_agree_to_rounding_with_the_same_entries_not_finite() -> None:
+    reference = (torch.tensor([[100.0, -50.0, float("nan")]]), None, torch.ones(2))
+    assert agree(reference, reference)
+    assert agree(reference, (torch.tensor([[104.0, -50.0, float("nan")]]), None, torch.ones(2)))
+    assert not agree(reference, (torch.tensor([[106.0, -50.0, float("nan")]]), None, torch.ones(2)))  # 6 of 100
+    assert not agree(reference, (torch.tensor([[100.0, -50.0, 0.0]]), None, torch.ones(2)))
+    assert not agree(reference, (torch.tensor([[100.0, -50.0, float("inf")]]), None, torch.ones(2)))
+    assert not agree(reference, (torch.tensor([[100.0, -50.0, float("nan")]]), None, torch.zeros(2)))
 
 
 def pixels(pipes: Pipelines, requests) -> np.ndarray:
