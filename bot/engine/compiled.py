@@ -45,7 +45,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -116,7 +116,10 @@ class CompiledTwins:
         self.pipes.fused_styles = FusedStyles(
             self.pipes, plain_unet=unet, plain_encoders=plain_encoders, fused=fused, fused_unet=fused_unet
         )
-        self._graphed = graphed_counterparts(eager.fused_styles, {"plain_unet": unet, "fused_unet": fused_unet})
+        eager_unets = eager.fused_styles
+        self._graphed = graphed_counterparts(
+            [(eager_unets.plain_unet, unet), (eager_unets.fused_unet, fused_unet)] if eager_unets is not None else []
+        )
         self.smallest_images = 2 if self._graphed else 1
         self.graphs_recaptured = 0  # the eager UNets' graphs captured again over the twins' UNets
         self.compile_seconds: float | None = None
@@ -232,14 +235,15 @@ class CompiledTwins:
 
 
 def graphed_counterparts(
-    eager: FusedStyles | None, twins: dict[str, torch.nn.Module | None]
+    pairs: Iterable[tuple[torch.nn.Module | None, torch.nn.Module | None]],
 ) -> list[tuple[GraphedForward, torch.nn.Module]]:
-    """Each twin UNet with the graphed forward of its eager counterpart, the attribute of `eager` that it is
-    keyed by (the UNet without adapter layers, the fused-style one), where that replays CUDA graphs."""
-    if eager is None:
-        return []
-    pairs = [(getattr(getattr(eager, name), "forward", None), twin) for name, twin in twins.items() if twin is not None]
-    return [(forward, twin) for forward, twin in pairs if isinstance(forward, GraphedForward)]
+    """For each pair of an eager UNet and its twin, the eager one's graphed forward and the twin, where both exist
+    and the eager one replays CUDA graphs."""
+    return [
+        (eager.forward, twin)
+        for eager, twin in pairs
+        if twin is not None and isinstance(getattr(eager, "forward", None), GraphedForward)
+    ]
 
 
 @contextlib.contextmanager

@@ -125,7 +125,6 @@ class GraphedForward:
         self._max_graphs = max_graphs
         self._graphs: dict[Hashable, _Captured] = {}
         self._eager: set[Hashable] = set()  # signatures whose capture failed
-        self.recaptured = 0  # graphs captured again over another forward (`recapture`)
 
     @property
     def graphs(self) -> int:
@@ -210,7 +209,6 @@ class GraphedForward:
                         continue
                     self._graphs[key] = _Captured(graph, captured.inputs, captured.spec, captured.grad_enabled)
             replaced += 1
-        self.recaptured += replaced
         return replaced
 
 

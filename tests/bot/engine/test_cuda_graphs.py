@@ -95,7 +95,7 @@ def test_graphs_captured_again_replay_the_new_forward_from_the_call_s_inputs() -
         calls.append((cuda_graphs._REPLAY_LOCK.locked(), torch.is_grad_enabled()))
         return torch.addcmul(torch.ones_like(x), x, torch.full_like(x, scale))  # the same values, other kernels
 
-    assert forward.recapture(twin) == forward.recaptured == 2
+    assert forward.recapture(twin) == 2
     # Each ran once outside the lock, where it may compile while replays go on, then under it was captured and
     # replayed beside the old graph, with autograd as when the graph was first captured
     assert calls == [(False, False), (True, False), (True, False)] * 2
@@ -120,7 +120,7 @@ def test_a_graph_that_cannot_be_captured_again_keeps_its_own(caplog: pytest.LogC
     with caplog.at_level(logging.WARNING, logger="bot.engine.cuda_graphs"):
         assert forward.recapture(scaled) == 0
     assert torch.equal(forward(torch.full((1, 3), 2.0)), torch.full((1, 3), 5.0))
-    assert graphs.replays == 1 and forward.recaptured == 0
+    assert graphs.replays == 1
     assert len(caplog.records) == 1 and "not permitted" in caplog.records[0].getMessage()
 
 
