@@ -184,11 +184,13 @@ class GraphedForward:
         twin of its module), from the graph's own inputs; returns how many graphs it replaced.
 
         Each is run once first, outside the lock, so that whatever it compiles, it compiles while the graphs
-        keep replaying (its result, read from inputs a replay may be writing, is thrown away). Then, under the
-        lock, it is captured, and the new graph and the old one are replayed from the same inputs: a graph whose
-        outputs do not `agree` with the old one's, or a capture that fails, keeps the old graph, so a capture
-        that went wrong on some GPU costs speed, never pictures. Signatures that come later are captured over
-        the eager forward: capturing one over `forward` could compile, under the lock, on a user's request."""
+        keep replaying, and not inside the capture, where inductor's first call breaks it (pytorch#185074); its
+        result, read from inputs a replay may be writing, is thrown away. Then, under the lock, it is captured,
+        and the new graph and the old one are replayed from the same inputs: a graph whose outputs do not
+        `agree` with the old one's, or a capture that fails, keeps the old graph, so a capture that went wrong on
+        some GPU costs speed, never pictures (on ROCm such a capture fails silently, pytorch#155684). Signatures
+        that come later are captured over the eager forward: capturing one over `forward` could compile, under
+        the lock, on a user's request."""
         with _REPLAY_LOCK:
             graphs = list(self._graphs.items())
         replaced = 0
