@@ -188,9 +188,9 @@ class GraphedForward:
         result, read from inputs a replay may be writing, is thrown away. Then, under the lock, it is captured,
         and the new graph and the old one are replayed from the same inputs: a graph whose outputs do not
         `agree` with the old one's, or a capture that fails, keeps the old graph, so a capture that went wrong on
-        some GPU costs speed, never pictures (on ROCm such a capture fails silently, pytorch#155684). Signatures
-        that come later are captured over the eager forward: capturing one over `forward` could compile, under
-        the lock, on a user's request."""
+        some GPU costs speed, never pictures (on ROCm, such a capture has replayed wrong results without an
+        error: pytorch#155684). Signatures that come later are captured over the eager forward: capturing one
+        over `forward` could compile, under the lock, on a user's request."""
         with _REPLAY_LOCK:
             graphs = list(self._graphs.items())
         replaced = 0
