@@ -116,9 +116,9 @@ class CompiledTwins:
         self.pipes.fused_styles = FusedStyles(
             self.pipes, plain_unet=unet, plain_encoders=plain_encoders, fused=fused, fused_unet=fused_unet
         )
-        eager_unets = eager.fused_styles
+        eager_styles = eager.fused_styles  # where the eager side's graphed UNets are
         self._graphed = graphed_counterparts(
-            [(eager_unets.plain_unet, unet), (eager_unets.fused_unet, fused_unet)] if eager_unets is not None else []
+            [(eager_styles.plain_unet, unet), (eager_styles.fused_unet, fused_unet)] if eager_styles is not None else []
         )
         self.smallest_images = 2 if self._graphed else 1
         self.graphs_recaptured = 0  # the eager UNets' graphs captured again over the twins' UNets
