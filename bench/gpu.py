@@ -20,7 +20,8 @@ stream in batches of twice the bot's size. Then `bench.startup` runs as a fresh 
 disk, with the compile cache this run filled (a restart). Then tiny+compiled: the tiny autoencoder served by
 compiled twins of its own. Last, when time is left, `bench.startup` with no compilation (time to the first
 image). Random weights: speed and memory are real, the pictures are noise. Phases that would overrun `--budget`
-seconds are skipped and say so.
+seconds are skipped and say so. `--targets` runs only plain and tiny+compiled, the bot's fastest settings,
+whose child compiles the tiny autoencoder too: the issue's two ratios in one command that fits a device session.
 """
 
 from __future__ import annotations
@@ -111,6 +112,12 @@ def ours_from(plain: StableDiffusionXLPipeline, device: torch.device) -> Pipelin
     vae.register_to_config(force_upcast=False)
     components = {**plain.components, "vae": vae, "scheduler": copy.deepcopy(plain.scheduler)}
     return assemble_pipelines(StableDiffusionXLPipeline(**components), device, model_name="random")
+
+
+def with_tiny_decoder(ours: Pipelines) -> Pipelines:
+    """`ours` decoding with a tiny autoencoder (TAESD's architecture, random weights), uncompiled."""
+    tiny = AutoencoderTiny().to(ours.device, ours.dtype).eval()
+    return dataclasses.replace(ours, codec=LatentCodec(ours.codec.vae, ours.dtype, tiny), compiled=None)
 
 
 class Bench:
@@ -447,6 +454,11 @@ def main() -> None:
         "--compile-only", action="store_true", help="only compile the twins, timing eager requests meanwhile"
     )
     parser.add_argument(
+        "--targets",
+        action="store_true",
+        help="only what the issue's targets compare: plain, then the fastest settings (tiny VAE, compiled twins)",
+    )
+    parser.add_argument(
         "--compile-in",
         choices=["child", "here"],
         default="child",
@@ -493,12 +505,14 @@ def main() -> None:
             pipes.fused_styles = FusedStyles.of(pipes, fuse=False, capture=capture, max_prompts=batch)
         generate(pipes, [check_inputs(Kind.IMAGINE, "warm-up", buckets=buckets)])
 
+    tiny_decoded = with_tiny_decoder(ours) if args.targets else None
     fill_cache = None
     if args.compile_in == "child":  # the child loads the saved model, as a restart does
-        child_settings = settings.model_copy(
-            update={"model_base": str(model_dir), "model_unet": str(model_dir / "unet"), "device": device.type}
-        )
-        plan = CompilePlan(child_settings, buckets, batch)
+        model_settings = {"model_base": str(model_dir), "model_unet": str(model_dir / "unet"), "device": device.type}
+        if tiny_decoded is not None:  # the child compiles the decoder that will serve: the tiny autoencoder
+            tiny_decoded.codec.decoder.save_pretrained(model_dir / "tiny-vae")
+            model_settings["model_tiny_vae"] = str(model_dir / "tiny-vae")
+        plan = CompilePlan(settings.model_copy(update=model_settings), buckets, batch)
         fill_cache = functools.partial(fill_compile_cache, plan, args.child_images or batch)
     if args.compile_only:
         graphed_beside_the_twins(ours)
@@ -509,15 +523,17 @@ def main() -> None:
             bench.record("8 images in one call, s", "+compiled", f"{bench.seconds(lambda: generate(ours, eight)):.3f}")
         bench.print_table()
         return
+    if tiny_decoded is not None:  # one command answers the stream and lone-request targets, in one device session
+        measure_plain(bench, plain, buckets, args.requests)
+        graphed_beside_the_twins(tiny_decoded)
+        measure_compiled(bench, tiny_decoded, "tiny+compiled", buckets, args.requests, args.users, batch, fill_cache)
+        bench.print_table()
+        return
 
     # 1. Plain diffusers, 2. our executor, 3. with the tiny autoencoder, 4. + compiled twins
     measure_plain(bench, plain, buckets, args.requests)
     measure_ours(bench, ours, "executor", buckets, args.requests, args.users, batch)
-    tiny_decoded = dataclasses.replace(
-        ours,
-        codec=LatentCodec(ours.codec.vae, ours.dtype, AutoencoderTiny().to(device, ours.dtype).eval()),
-        compiled=None,
-    )
+    tiny_decoded = with_tiny_decoder(ours)
     measure_ours(bench, tiny_decoded, "tiny VAE", buckets, args.requests, args.users, batch)
     graphed_beside_the_twins(ours)
     measure_compiled(bench, ours, "+compiled", buckets, args.requests, args.users, batch, fill_cache)

@@ -11,13 +11,15 @@
 #             does by default, or with CUDA_GRAPHS=off, which bench.gpu reads as the bot does, from 1 image);
 #   knobs:    bench.knobs (cuDNN attention, CUDA graphs, channels last, cuDNN search, fused QKV, PNG encoders), then
 #             bench.styles' forward table (a style through peft's layers against fused, batches of 1 and 8);
+#   targets:  bench.gpu --targets (plain, then the tiny autoencoder served by compiled twins, the bot's fastest
+#             settings: the stream and lone-request ratios of the issue, in one command; CHILD_IMAGES as for compile);
 #   table:    bench.knobs' PNG rows (this machine's CPU), then bench.gpu, the issue's table (plain, executor,
 #             tiny VAE, compiled, restarts, tiny+compiled; CUDA_GRAPHS as for compile), within BUDGET s.
 # Each step has its own time limit, so one that hangs costs only its share. With CACHE_KEY_LOG=FILE, torch logs
 # how it keys its compile caches (AOTAutograd's and inductor's, component by component) to FILE, and a restart's
 # fresh process to FILE.restart-compile-cache-warm: a diff of the two shows what makes a restart miss the cache.
 #
-#   bench/gpu_session.sh [MODEL_CONFIGS_DIR] [diagnose|knobs|compile|table|all] [BUDGET]
+#   bench/gpu_session.sh [MODEL_CONFIGS_DIR] [diagnose|knobs|compile|targets|table|all] [BUDGET]
 #
 # On a machine without diffusers, put its wheel, and those of the other packages it lacks, in `.whl/` in the
 # checkout first (bench/README.md has the command). The lent H200 machine of 2026-11-27 lacked diffusers,
@@ -55,6 +57,11 @@ if [ "$part" = compile ]; then
     step $((budget + 20)) bench.gpu --configs "$configs" --budget "$budget" \
         --workdir "/tmp/lcm-bench-${COMPILE_IN:-child}${CHILD_IMAGES:-}-graphs-${CUDA_GRAPHS:-auto}" \
         --compile-only --compile-in "${COMPILE_IN:-child}" ${CHILD_IMAGES:+--child-images "$CHILD_IMAGES"}
+    exit
+fi
+if [ "$part" = targets ]; then
+    step $((budget + 20)) bench.gpu --configs "$configs" --budget "$budget" --workdir /tmp/lcm-bench-targets \
+        --targets ${CHILD_IMAGES:+--child-images "$CHILD_IMAGES"}
     exit
 fi
 if [ "$part" = knobs ]; then
