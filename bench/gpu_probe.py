@@ -14,7 +14,8 @@ Prints, each side by side in one process on one card:
    device time on a GPU);
 4. VAE decode per dtype at batch 1 and at the decode chunk, and with `--compile-seconds` above 0, the
    regional compile of the 1:1 bucket; then one UNet forward at batch 1, eager, eager on cuDNN's attention
-   kernels, and compiled (when it was), each also replayed from a CUDA graph.
+   kernels, eager with fused attention projections, and compiled (when it was), each also replayed from a CUDA
+   graph.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from bench.gpu import DEFAULT_CONFIGS, STEPS, Bench, full_size_pipeline, ours_from, tiny_pipeline
-from bench.knobs import cuda_graphed, cudnn_attention
+from bench.knobs import cuda_graphed, cudnn_attention, fused_projections
 from bench.streams import time_stream
 from bot.engine.compile_cache import use_compile_cache
 from bot.engine.compiled import CompiledTwins
@@ -178,7 +179,9 @@ def main() -> None:
         plain.vae.to(plain.unet.dtype)
     cudnn_unet = weight_sharing_twin(unet)
     cudnn_attention(cudnn_unet)
-    unets = {"eager": unet, "eager, cuDNN attention": cudnn_unet}
+    fused_unet = weight_sharing_twin(unet)  # its fused projections are weights of its own
+    fused_projections(fused_unet)
+    unets = {"eager": unet, "eager, cuDNN attention": cudnn_unet, "eager, fused QKV": fused_unet}
     if args.compile_seconds > 0:
         twins = CompiledTwins(ours, {"1:1": buckets["1:1"]}, 1)
         started = time.perf_counter()
@@ -196,7 +199,9 @@ def unet_forward_rows(probe: Probe, unets: dict[str, torch.nn.Module], inputs: t
     """One forward of each UNet on the same inputs, and on a GPU replayed from a CUDA graph too. A lone request's
     steps replay graphs (bot.engine.cuda_graphs), where launches no longer count, and with `COMPILE` those graphs
     are captured again over the compiled UNet (bot.engine.compiled): the graphed rows say what that gains a step,
-    and what cuDNN's attention kernels would (bench.knobs)."""
+    and what cuDNN's attention kernels would (bench.knobs). And fused projections: eager, they saved 1 ms a forward
+    at batch 1 on an H100, which launches may explain; but at batch 1 a projection of 1,024 tokens keeps only part
+    of the card's cores busy, and one projection three times as wide keeps more, which a graph would keep too."""
     args, kwargs = inputs
     with torch.no_grad():
         for name, unet in unets.items():
