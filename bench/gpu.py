@@ -511,7 +511,7 @@ def main() -> None:
             pipes.fused_styles = FusedStyles.of(pipes, fuse=False, capture=capture, max_prompts=batch)
         generate(pipes, [check_inputs(Kind.IMAGINE, "warm-up", buckets=buckets)])
 
-    tiny_decoded = with_tiny_decoder(ours) if args.targets else None
+    tiny_decoded = with_tiny_decoder(ours) if args.targets else None  # built first: the compile child loads it
     fill_cache = None
     if args.compile_in == "child":  # the child loads the saved model, as a restart does
         model_settings = {"model_base": str(model_dir), "model_unet": str(model_dir / "unet"), "device": device.type}
@@ -529,7 +529,7 @@ def main() -> None:
             bench.record("8 images in one call, s", "+compiled", f"{bench.seconds(lambda: generate(ours, eight)):.3f}")
         bench.print_table()
         return
-    if tiny_decoded is not None:  # one command answers the stream and lone-request targets, in one device session
+    if args.targets:  # one command answers the stream and lone-request targets, in one device session
         measure_plain(bench, plain, buckets, args.requests)
         graphed_beside_the_twins(tiny_decoded)
         # The twins serve the stream's larger batches too, as they would with MAX_BATCH_IMAGES at that size; the
