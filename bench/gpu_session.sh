@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Every GPU measurement, for a lent GPU machine that allows 10-minute commands, in two parts that fit one
-# command each (or both in one, with `all`):
+# Every GPU measurement, for a lent GPU machine that allows 10-minute commands, in parts that each fit one
+# command (`all` runs diagnose and table in one):
 #   diagnose: bench.gpu_probe (where one request's time and memory go, ours against plain diffusers, at 1 and
 #             8 images; the UNet at batch 1 eager and compiled, each also from a CUDA graph), then
-#             bench.decoders (the VAE against the tiny autoencoder at 1024x1024, batches 1 and 8);
+#             bench.decoders (the VAE against the tiny autoencoder at 1024x1024, batches 1 and 8); after `targets`,
+#             which times the compiled graphs as the bot serves them, PROBE_COMPILE_SECONDS=0 skips the probe's
+#             compile and its compiled rows, for a session's remaining minutes;
 #   compile:  bench.gpu --compile-only (the twins' cold compile, and eager requests served meanwhile; a child
 #             process fills the compile cache first, as the bot does, or with COMPILE_IN=here it does not;
 #             CHILD_IMAGES=2 makes the child's batches as small as on a 40 or 48 GB card; batches of one replay
@@ -70,7 +72,7 @@ if [ "$part" = knobs ]; then
     exit
 fi
 if [ "$part" != table ]; then
-    step 320 bench.gpu_probe --configs "$configs" --compile-seconds 150
+    step 320 bench.gpu_probe --configs "$configs" --compile-seconds "${PROBE_COMPILE_SECONDS:-150}"
     step 60 bench.decoders --configs "$configs" --device cuda --resolution 1024 --batches 1 8
 fi
 if [ "$part" != diagnose ]; then
