@@ -15,13 +15,15 @@
 #             bench.styles' forward table (a style through peft's layers against fused, batches of 1 and 8);
 #   targets:  bench.gpu --targets (plain, then the tiny autoencoder served by compiled twins, the bot's fastest
 #             settings: the stream and lone-request ratios of the issue, in one command; CHILD_IMAGES as for compile);
+#   float8:   bench.float8 (the UNet compiled with float8 matrix products against bfloat16, at 1, 8 and 16
+#             images; its float8 rows need torchao's wheel in .whl/ and a GPU of compute capability 8.9+);
 #   table:    bench.knobs' PNG rows (this machine's CPU), then bench.gpu, the issue's table (plain, executor,
 #             tiny VAE, compiled, restarts, tiny+compiled; CUDA_GRAPHS as for compile), within BUDGET s.
 # Each step has its own time limit, so one that hangs costs only its share. With CACHE_KEY_LOG=FILE, torch logs
 # how it keys its compile caches (AOTAutograd's and inductor's, component by component) to FILE, and a restart's
 # fresh process to FILE.restart-compile-cache-warm: a diff of the two shows what makes a restart miss the cache.
 #
-#   bench/gpu_session.sh [MODEL_CONFIGS_DIR] [diagnose|knobs|compile|targets|table|all] [BUDGET]
+#   bench/gpu_session.sh [MODEL_CONFIGS_DIR] [diagnose|knobs|compile|targets|float8|table|all] [BUDGET]
 #
 # On a machine without diffusers, put its wheel, and those of the other packages it lacks, in `.whl/` in the
 # checkout first (bench/README.md has the command). The lent H200 machine of 2026-11-27 lacked diffusers,
@@ -33,11 +35,20 @@ part=${2:-all}
 budget=${3:-230}
 python=${PYTHON:-python3}
 if [ -d .whl ]; then
-    "$python" -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/lcm-bot-site .whl/*.whl
-    export PYTHONPATH="/tmp/lcm-bot-site:$PWD"
+    # torchao only for the part that measures it, in a folder of its own: where torchao is installed, diffusers
+    # imports it with its own modules, and a torchao that does not fit this torch would break every other part.
+    site=/tmp/lcm-bot-site
+    wheels=$(ls .whl/*.whl | grep -v '/torchao-')
+    if [ "$part" = float8 ]; then
+        site=/tmp/lcm-bot-site-float8
+        wheels=$(ls .whl/*.whl)
+    fi
+    # shellcheck disable=SC2086 # one path per wheel; their names have no spaces
+    "$python" -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$site" $wheels
+    export PYTHONPATH="$site:$PWD"
 fi
 # A missing package stops every step; say which here, before CACHE_KEY_LOG sends errors to its file.
-"$python" -c "import bench.gpu, bench.gpu_probe, bench.knobs, bench.styles" || {
+"$python" -c "import bench.gpu, bench.gpu_probe, bench.knobs, bench.styles, bench.float8" || {
     echo "== a package is missing (above): carry its wheel in .whl/"
     exit 1
 }
@@ -64,6 +75,10 @@ fi
 if [ "$part" = targets ]; then
     step $((budget + 20)) bench.gpu --configs "$configs" --budget "$budget" --workdir /tmp/lcm-bench-targets \
         --targets ${CHILD_IMAGES:+--child-images "$CHILD_IMAGES"}
+    exit
+fi
+if [ "$part" = float8 ]; then
+    step 360 bench.float8 --configs "$configs"
     exit
 fi
 if [ "$part" = knobs ]; then
