@@ -11,11 +11,11 @@ batch 8 (float16; on a GPU also at 2, 4 and 16), the VAE decode at batch 1 and a
 the tiny autoencoder at batch 8, and both text encoders on 1 and 8 prompts (what a batch of new prompts costs; no
 switch of their own). On a GPU, the second row replays the first row's calls from CUDA graphs (and adds nothing to
 the rows after it). A row's `max diff` is its largest difference from the first row's output: a switch must not
-change the pictures beyond rounding. Then PNG encoding per image on 1 to 8 threads, as Pillow did it before and as
-`encode_png` does it now, of a noise image (what random weights make; the worst case), a photo-like one and a smooth
-one; and a lone picture's wait for its PNG, in strips on 1 to 8 threads, as the executor encodes a lone request's
-(and in 16 strips on 16 threads where the CPU has 16). Last, the hand-off of a decoded batch to the PNG encoder,
-through PIL images and as arrays.
+change the pictures beyond rounding. Then PNG encoding per image on 1 to 8 threads, as Pillow did it first, as
+libpng with its own zlib did it before, and as `encode_png` does it now, of a noise image (what random weights make;
+the worst case), a photo-like one and a smooth one; and a lone picture's wait for its PNG, in strips on 1 to 8
+threads, as the executor encodes a lone request's (and in 16 strips on 16 threads where the CPU has 16). Last, the
+hand-off of a decoded batch to the PNG encoder, through PIL images and as arrays.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import imagecodecs
 import numpy as np
 import torch
 from diffusers import AutoencoderKL, AutoencoderTiny, UNet2DConditionModel
@@ -42,7 +43,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 from bench.gpu import DEFAULT_CONFIGS, Bench
 from bot.engine.cuda_graphs import CudaGraph
 from bot.engine.pipelines import resolve_dtype, vae_dtype
-from bot.engine.png import encode_png, encode_png_in_strips, strips_for
+from bot.engine.png import PNG_FILTER, PNG_LEVEL, encode_png, encode_png_in_strips, parameter_chunks, strips_for
 from bot.engine.vae import DECODE_CHUNK
 from tests.support.tiny_model import build_tiny_model
 
@@ -50,6 +51,7 @@ PNG_PARAMETERS = {"prompt": "a lighthouse at dusk", "seed": 1, "steps": 4}
 # On a machine with this many CPUs, a lone picture is also encoded in as many bands: twice the executor's most
 # (8 PNG threads, and bands of at least 128 rows at 1024x1024), to see whether more would pay.
 LONE_BANDS_TRIED = 16
+LIBPNG_HEADER_BYTES = 33  # the signature and the IHDR chunk, which come first
 Switch = Callable[[torch.nn.Module], None]
 # torch's own order with cuDNN first; a backend that cannot take the inputs is passed over, as torch does.
 CUDNN_FIRST = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
@@ -193,8 +195,15 @@ def pillow_png(picture: Image.Image, parameters: dict[str, object]) -> bytes:
     return buffer.getvalue()
 
 
+def libpng_png(picture: Image.Image, parameters: dict[str, object]) -> bytes:
+    """How PNGs were encoded before zlib-ng deflated them: the same filter and run-length matching, all in libpng
+    with the zlib it is built with (1.2.13 in imagecodecs' wheels)."""
+    png = imagecodecs.png_encode(np.asarray(picture), level=PNG_LEVEL, strategy=zlib.Z_RLE, filter=PNG_FILTER)
+    return png[:LIBPNG_HEADER_BYTES] + parameter_chunks(parameters) + png[LIBPNG_HEADER_BYTES:]
+
+
 def png_rows(side: int, image_count: int) -> None:
-    """Per image, on 1 to 8 threads, the way Pillow encoded and the way `encode_png` encodes now."""
+    """Per image, on 1 to 8 threads, the ways Pillow and libpng encoded and the way `encode_png` encodes now."""
     rng = np.random.default_rng(0)
     ramp = np.linspace(0, 255, side)
     x, y = np.meshgrid(ramp, ramp)
@@ -207,7 +216,8 @@ def png_rows(side: int, image_count: int) -> None:
     }
     for name, pixels in pictures.items():
         picture = Image.fromarray(pixels)
-        for encoder_name, encoder in (("Pillow (before)", pillow_png), ("libpng (served)", encode_png)):
+        encoders = {"Pillow (first)": pillow_png, "libpng, zlib (before)": libpng_png, "zlib-ng (served)": encode_png}
+        for encoder_name, encoder in encoders.items():
             encode = functools.partial(encoder, parameters=PNG_PARAMETERS)
             size = len(encode(picture))
             cells = []

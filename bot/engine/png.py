@@ -4,7 +4,7 @@ A lone request waits for its PNG after the GPU is done: one core took 22 to 33 m
 (`bench.knobs --png-only`), where the whole request should take about 0.1 s. A batch of pictures keeps every
 thread of the PNG pool busy, one picture each, but a lone picture keeps one. So when the pool has threads to
 spare, `encode_png_in_strips` cuts the picture into bands of rows that the threads encode at once, as pigz does
-for gzip files:
+for gzip files (one thread's file is the same, in one band):
 
 - libpng filters each band's rows (Paeth) against the row above the band, so every row is filtered as it would
   be in the whole picture;
@@ -14,6 +14,9 @@ for gzip files:
 
 The file decodes to the same pixels with any PNG reader. Each band starts without the previous band's bytes to
 match against, which costs a few bytes with zlib's run-length matching (its matches reach back one pixel).
+
+zlib-ng deflates and checksums, not Python's zlib: its run-length matching writes the same bytes in about half
+the time, and its checksums take a twentieth (bench/README.md).
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ import asyncio
 import io
 import itertools
 import struct
-import zlib
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 import imagecodecs
 import numpy as np
 from PIL import Image, PngImagePlugin
+from zlib_ng import zlib_ng
 
 from bot.engine.images import Picture
 
@@ -38,26 +41,26 @@ from bot.engine.images import Picture
 # difference above 0 (0 stores without compressing). Of the single filters, Paeth's files came closest to
 # Pillow's: the same size for a photograph, 2 % larger for the photo-like test picture.
 PNG_FILTER = imagecodecs.PNG.FILTER.PAETH
-PNG_STRATEGY = zlib.Z_RLE
+PNG_STRATEGY = zlib_ng.Z_RLE
 PNG_LEVEL = 1
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-PNG_HEADER_BYTES = len(PNG_SIGNATURE) + 25  # then the IHDR chunk (length, type, 13 bytes, CRC), which comes first
 # A zlib stream's first two bytes: deflate with a 32 KiB window (0x78), fastest level, header checksum (0x01).
 ZLIB_HEADER = b"\x78\x01"
 # Fewer rows than this per band, and the thread hand-offs cost more than the band's encoding saves.
 MIN_STRIP_ROWS = 128
 _ADLER_MODULUS = 65521
-_RGB = 2  # PNG colour type
+_COLOUR_TYPES = {1: 0, 3: 2}  # PNG's colour type by channels: greyscale (inpainting masks), RGB
 
 
 def encode_png(image: Picture | Image.Image, parameters: Mapping[str, object]) -> bytes:
-    """PNG with each parameter as a text chunk, plus one `parameters` line in the form other tools read.
+    """PNG with each parameter as a text chunk, plus one `parameters` line in the form other tools read: the
+    file of `encode_png_in_strips` in one band, on this thread.
 
-    libpng encodes (through imagecodecs), not Pillow: Pillow tries all five row filters on every row and has no
-    setting to stop it, which made PNGs a third of a lone request's time. The text chunks are Pillow's, put
-    between the header and the pixels, where readers that stop at the pixels still find them."""
-    png = imagecodecs.png_encode(np.asarray(image), level=PNG_LEVEL, strategy=PNG_STRATEGY, filter=PNG_FILTER)
-    return b"".join((png[:PNG_HEADER_BYTES], parameter_chunks(parameters), png[PNG_HEADER_BYTES:]))
+    Not Pillow's encoder: Pillow tries all five row filters on every row and has no setting to stop it, which
+    made PNGs a third of a lone request's time. The text chunks are Pillow's, put between the header and the
+    pixels, where readers that stop at the pixels still find them."""
+    pixels = np.asarray(image)
+    return join_strips(pixels, parameters, [encode_strip(pixels, 0, pixels.shape[0])])
 
 
 def parameter_chunks(parameters: Mapping[str, object]) -> bytes:
@@ -106,12 +109,12 @@ def encode_strip(picture: Picture, start: int, stop: int) -> Strip:
     """Rows `start` to `stop` of `picture`, filtered as in the whole picture, deflated and flushed to a byte
     boundary (the last band ends the deflate stream)."""
     rows = filtered_rows(picture, start, stop)
-    deflate = zlib.compressobj(PNG_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS, strategy=PNG_STRATEGY)
+    deflate = zlib_ng.compressobj(PNG_LEVEL, zlib_ng.DEFLATED, -zlib_ng.MAX_WBITS, strategy=PNG_STRATEGY)
     last = stop == picture.shape[0]
-    data = deflate.compress(rows) + deflate.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
+    data = deflate.compress(rows) + deflate.flush(zlib_ng.Z_FINISH if last else zlib_ng.Z_SYNC_FLUSH)
     if start == 0:
         data = ZLIB_HEADER + data
-    return Strip(_chunk(b"IDAT", data), zlib.adler32(rows), len(rows))
+    return Strip(_chunk(b"IDAT", data), zlib_ng.adler32(rows), len(rows))
 
 
 def filtered_rows(picture: Picture, start: int, stop: int) -> bytes:
@@ -120,17 +123,18 @@ def filtered_rows(picture: Picture, start: int, stop: int) -> bytes:
     bytes are dropped), so that the band's first row is predicted from it, not from a row of zeros."""
     above = max(0, start - 1)
     png = imagecodecs.png_encode(picture[above:stop], level=0, filter=PNG_FILTER)
-    rows = zlib.decompress(b"".join(_chunks(png, b"IDAT")))  # level 0 stores: this only copies
+    rows = zlib_ng.decompress(b"".join(_chunks(png, b"IDAT")))  # level 0 stores: this only copies
     row_bytes = len(rows) // (stop - above)
     return rows[(start - above) * row_bytes :]
 
 
 def join_strips(picture: Picture, parameters: Mapping[str, object], strips: Sequence[Strip]) -> bytes:
-    height, width, _channels = picture.shape
+    height, width, *channels = picture.shape
+    colour_type = _COLOUR_TYPES[channels[0] if channels else 1]
     adler = 1  # the checksum of nothing
     for strip in strips:
         adler = adler32_combine(adler, strip.adler, strip.length)
-    header = _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, _RGB, 0, 0, 0))
+    header = _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0))
     return b"".join(
         (
             PNG_SIGNATURE,
@@ -145,7 +149,7 @@ def join_strips(picture: Picture, parameters: Mapping[str, object], strips: Sequ
 
 def adler32_combine(first: int, second: int, second_length: int) -> int:
     """The Adler-32 of two byte strings one after the other, from theirs (zlib's `adler32_combine`, which
-    Python's zlib module does not offer)."""
+    neither Python's zlib module nor zlib-ng's offers)."""
     remainder = second_length % _ADLER_MODULUS
     low = (first & 0xFFFF) + (second & 0xFFFF) - 1
     high = remainder * (first & 0xFFFF) + (first >> 16) + (second >> 16) - remainder
@@ -153,9 +157,8 @@ def adler32_combine(first: int, second: int, second_length: int) -> int:
 
 
 def _chunk(chunk_type: bytes, data: bytes) -> bytes:
-    return b"".join(
-        (struct.pack(">I", len(data)), chunk_type, data, struct.pack(">I", zlib.crc32(data, zlib.crc32(chunk_type))))
-    )
+    crc = zlib_ng.crc32(data, zlib_ng.crc32(chunk_type))
+    return b"".join((struct.pack(">I", len(data)), chunk_type, data, struct.pack(">I", crc)))
 
 
 def _chunks(png: bytes, wanted: bytes) -> list[bytes]:
