@@ -21,7 +21,7 @@ from bot.engine.fused_styles import FusedStyles
 from bot.engine.generation import generate, warm_up
 from bot.engine.pipelines import Pipelines, load_pipelines
 from bot.engine.requests import Kind, check_inputs
-from bot.engine.text_embeddings import TextEmbeddingCache
+from bot.engine.text_embeddings import TextEmbeddingCache, encode_texts
 from bot.settings import Settings
 from bot.styles import Style, StyleBook
 from tests.support.graphs import RerunCapture
@@ -253,15 +253,8 @@ def test_only_a_graphed_fused_unet_asks_the_warm_up_for_a_style(
 
 
 def encoded(pipe, *prompts: str) -> tuple[torch.Tensor, ...]:
-    """Prompts and their negatives, encoded as the prompt cache encodes them: one call, without autograd."""
-    with torch.no_grad():
-        return pipe.encode_prompt(
-            prompt=list(prompts),
-            device=pipe._execution_device,
-            num_images_per_prompt=1,
-            do_classifier_free_guidance=True,
-            negative_prompt=["blurry"] * len(prompts),
-        )
+    """Prompts and their negatives, encoded as the prompt cache encodes them."""
+    return (*encode_texts(pipe, prompts), *encode_texts(pipe, ["blurry"] * len(prompts)))
 
 
 def test_a_new_prompt_alone_is_encoded_by_replaying_the_text_encoders_graphs(pipes: Pipelines) -> None:

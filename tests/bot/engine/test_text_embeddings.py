@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 
+from bot.engine import text_embeddings
 from bot.engine.generation import generate
 from bot.engine.pipelines import Pipelines, load_pipelines
 from bot.engine.requests import Kind, check_inputs
-from bot.engine.text_embeddings import TextEmbeddingCache
+from bot.engine.text_embeddings import TextEmbeddingCache, encode_texts
 from bot.settings import Settings
 
 
@@ -19,18 +20,15 @@ def fresh_cache(pipes: Pipelines, monkeypatch: pytest.MonkeyPatch) -> TextEmbedd
 
 
 @pytest.fixture
-def encoder_calls(pipes: Pipelines, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
-    """Records the prompts of every `encode_prompt` call that runs the encoders (the pipeline itself calls it
-    with `prompt=None` to pass our embeddings through)."""
+def encoder_calls(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Records the texts of every call that runs the encoders."""
     calls: list[list[str]] = []
-    encode = pipes.text2img.encode_prompt
 
-    def recording(*args, **kwargs):
-        if kwargs.get("prompt") is not None:
-            calls.append(list(kwargs["prompt"]))
-        return encode(*args, **kwargs)
+    def recording(pipe, texts):
+        calls.append(list(texts))
+        return encode_texts(pipe, texts)
 
-    monkeypatch.setattr(pipes.text2img, "encode_prompt", recording)
+    monkeypatch.setattr(text_embeddings, "encode_texts", recording)
     return calls
 
 
@@ -76,6 +74,35 @@ def test_embeddings_equal_the_pipelines_own_encoding(pipes: Pipelines, buckets) 
     ours = latents_from(pipes.text2img, inputs, size, guidance=1.0)
     theirs = latents_from(pipes.text2img, {"prompt": ["a fox", "an owl"]}, size, guidance=1.0)
     torch.testing.assert_close(ours, theirs)
+
+
+@pytest.mark.parametrize("negatives", [None, ["blurry", ""]])
+def test_texts_encode_as_diffusers_encodes_them(pipes: Pipelines, negatives: list[str] | None) -> None:
+    pipe, prompts = pipes.text2img, ["a fox", "a lighthouse at dusk, " * 20]  # the second is cut at 77 tokens
+    with torch.no_grad():
+        theirs = pipe.encode_prompt(
+            prompt=prompts,
+            device=pipes.device,
+            num_images_per_prompt=1,
+            do_classifier_free_guidance=negatives is not None,
+            negative_prompt=negatives,
+        )
+    prompt, pooled = encode_texts(pipe, prompts)
+    assert torch.equal(prompt, theirs[0]) and torch.equal(pooled, theirs[2])
+    if negatives is not None:
+        negative, negative_pooled = encode_texts(pipe, negatives)
+        assert torch.equal(negative, theirs[1]) and torch.equal(negative_pooled, theirs[3])
+
+
+def test_encoding_never_searches_the_encoders_modules(pipes: Pipelines, monkeypatch: pytest.MonkeyPatch) -> None:
+    """diffusers' `encode_prompt` searches both encoders for offloading hooks on each call; ours never offload."""
+
+    def searched(module: torch.nn.Module) -> None:
+        raise AssertionError(f"searched the modules of a {type(module).__name__}")
+
+    monkeypatch.setattr(torch.nn.Module, "modules", searched)
+    prompt, pooled = encode_texts(pipes.text2img, ["a fox"])
+    assert prompt.shape[0] == pooled.shape[0] == 1
 
 
 def test_negative_embeddings_follow_the_negative_prompt(settings: Settings, tiny_model, buckets) -> None:
