@@ -373,7 +373,7 @@ def default_png_workers() -> int:
     """Half the CPUs, 2 to 8. The encoder lets go of the GIL, and a GPU batch of 8 images brings 8 PNGs at once.
     Sized when Pillow encoded: on an H100 machine's 16 cores, 1024x1024 noise pictures took 75 ms per image on 2
     threads and 20 ms on 8 (bench.knobs), while the GPU made one every 78 ms (tiny autoencoder, batch of 8).
-    `encode_png` takes about a sixth of Pillow's time, so this leaves room. The other half of the CPUs
+    `encode_png` takes a quarter to a half of Pillow's time, so this leaves room. The other half of the CPUs
     serves the GPU thread and the event loop."""
     return min(8, max(2, (os.cpu_count() or 2) // 2))
 

@@ -15,8 +15,8 @@ for gzip files (one thread's file is the same, in one band):
 The file decodes to the same pixels with any PNG reader. Each band starts without the previous band's bytes to
 match against, which costs a few bytes with zlib's run-length matching (its matches reach back one pixel).
 
-zlib-ng deflates and checksums, not Python's zlib: its run-length matching writes the same bytes in about half
-the time, and its checksums take a twentieth (bench/README.md).
+zlib-ng deflates and checksums, not Python's zlib: its run-length matching writes the same bytes in half to two
+thirds of the time, and its checksums take a twentieth (bench/README.md).
 """
 
 from __future__ import annotations
