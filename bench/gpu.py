@@ -18,11 +18,13 @@ Columns, each adding one thing to the one before, all on the same card in the sa
 On a GPU, the executor and tiny VAE columns also time lone requests and the stream with CUDA graphs, and the
 stream in batches of twice the bot's size. Then `bench.startup` runs as a fresh process on the weights saved to
 disk, with the compile cache this run filled (a restart). Then tiny+compiled: the tiny autoencoder served by
-compiled twins of its own. Last, when time is left, `bench.startup` with no compilation (time to the first
-image). Random weights: speed and memory are real, the pictures are noise. Phases that would overrun `--budget`
-seconds are skipped and say so. `--targets` runs only plain and tiny+compiled, the bot's fastest settings,
-whose child compiles the tiny autoencoder too, and whose twins also serve the stream in batches of twice the
-bot's size: the issue's two ratios in one command that fits a device session.
+compiled twins of its own. Last, when time is left, `bench.startup` with no compilation (time to the first image).
+On a GPU, a lone request and 8 images in one call also say how long the GPU computed in one of them ("GPU busy",
+from torch's profiler): the rest of its time the GPU waited on the host, on Python between kernels and host syncs.
+Random weights: speed and memory are real, the pictures are noise. Phases that would overrun `--budget` seconds are
+skipped and say so. `--targets` runs only plain and tiny+compiled, the bot's fastest settings, whose child compiles
+the tiny autoencoder too, and whose twins also serve the stream in batches of twice the bot's size: the issue's two
+ratios in one command that fits a device session.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import copy
 import dataclasses
 import functools
 import gc
+import itertools
 import json
 import os
 import statistics
@@ -47,6 +50,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 from diffusers import AutoencoderKL, AutoencoderTiny, LCMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from bench.streams import local_latency, time_stream
@@ -148,6 +153,31 @@ class Bench:
             times.append(time.perf_counter() - start)
         return statistics.median(times)
 
+    def gpu_busy_seconds(self, run: Callable[[], object]) -> float:
+        """How long the GPU computed during one `run`: the union of the intervals of the kernels and copies that
+        torch's profiler records, those replayed from CUDA graphs included (not the annotations of compiled regions,
+        which span gaps too). Beside `run`'s time, the rest is what the GPU waited on the host: Python between
+        kernels, and host syncs, which only a GPU can tell."""
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as profiled:
+            run()
+            self.sync()
+        intervals = sorted(
+            (event.time_range.start, event.time_range.end)
+            for event in profiled.events()
+            if event.device_type == DeviceType.CUDA and not event.is_user_annotation  # those span their kernels
+        )
+        busy_us, reached = 0.0, float("-inf")
+        for start, end in intervals:
+            busy_us += max(0.0, end - max(start, reached))
+            reached = max(reached, end)
+        return busy_us / 1e6
+
+    def record_seconds(self, row: str, column: str, run: Callable[[], object], repeats: int = 1) -> None:
+        """`run`'s time as `row` and, on a GPU, under it, how much of one more `run` the GPU computed."""
+        self.record(row, column, f"{self.seconds(run, repeats):.3f}")
+        if self.device.type == "cuda":
+            self.record(f"{row.removesuffix(', s')}: GPU busy, s", column, f"{self.gpu_busy_seconds(run):.3f}")
+
     def peak_gib(self, run: Callable[[], object]) -> float:
         """Peak GPU memory allocated during `run`, counting what was held before it (the weights, and in one
         process what earlier phases still hold: `held_gib` says how much)."""
@@ -192,10 +222,10 @@ def measure_plain(bench: Bench, plain: StableDiffusionXLPipeline, buckets, reque
 
     square = buckets["1:1"]
     call(["warm-up"], square)
-    bench.record("one request alone, s", "plain", f"{bench.seconds(lambda: call(['a fox'], square), 3):.3f}")
+    bench.record_seconds("one request alone, s", "plain", lambda: call(["a fox"], square), 3)
     bench.record("peak memory, one image, GiB", "plain", f"{bench.peak_gib(lambda: call(['a fox'], square)):.2f}")
     bench.record("  of which held before, GiB", "plain", f"{bench.held_gib:.2f}")
-    bench.record("8 images in one call, s", "plain", f"{bench.seconds(lambda: call(['a fox'] * 8, square)):.3f}")
+    bench.record_seconds("8 images in one call, s", "plain", lambda: call(["a fox"] * 8, square))
     sizes = [buckets[STREAM_ASPECTS[i % 4]] for i in range(requests)]
     elapsed = bench.seconds(lambda: [call([f"plain {i}"], size) for i, size in enumerate(sizes)])
     bench.record("stream, images/s", "plain", f"{requests / elapsed:.2f}")
@@ -220,7 +250,7 @@ def measure_ours(bench: Bench, ours: Pipelines, column: str, buckets, requests: 
     bench.record("first request on a new GPU thread, s", column, f"{seconds[0]:.3f}")
     bench.record("one request alone, s", column, f"{statistics.median(seconds[1:4]):.3f}")
     bench.record("one request alone, cached prompt, s", column, f"{statistics.median(seconds[4:]):.3f}")
-    bench.record("  the same without queue and PNG, s", column, f"{bare_seconds(bench, ours, buckets, column):.3f}")
+    bench.record_seconds("  the same without queue and PNG, s", column, lone_and_bare(ours, buckets, column), 3)
     eager_on_gpu = bench.device.type == "cuda" and ours.compiled is None  # the rows only eager models have
     if eager_on_gpu:
         try:
@@ -233,7 +263,7 @@ def measure_ours(bench: Bench, ours: Pipelines, column: str, buckets, requests: 
     bench.record("peak memory, one image, GiB", column, f"{bench.peak_gib(lambda: generate(ours, [one])):.2f}")
     bench.record("  of which held before, GiB", column, f"{bench.held_gib:.2f}")
     eight = eight_images(buckets)
-    bench.record("8 images in one call, s", column, f"{bench.seconds(lambda: generate(ours, eight)):.3f}")
+    bench.record_seconds("8 images in one call, s", column, lambda: generate(ours, eight))
     bench.record("peak memory, 8 images, GiB", column, f"{bench.peak_gib(lambda: generate(ours, eight)):.2f}")
     warm_up = stream_warm_up(buckets, [1], split_count(batch))
     run_stream(bench, run_ours, column, "stream", buckets, requests=requests, users=users, batch=batch, warm_up=warm_up)
@@ -289,10 +319,10 @@ def stream_warm_up(buckets, *batches: list[int]) -> list[list[GenerationRequest]
     ]
 
 
-def bare_seconds(bench: Bench, pipes: Pipelines, buckets, tag: str) -> float:
-    """A lone request's generation without the queue and its PNG, new prompts, median of 3."""
-    fresh = (check_inputs(Kind.IMAGINE, f"bare {index} {tag}", buckets=buckets, seed=1) for index in range(3))
-    return statistics.median(bench.seconds(lambda request=request: generate(pipes, [request])) for request in fresh)
+def lone_and_bare(pipes: Pipelines, buckets, tag: str) -> Callable[[], object]:
+    """A lone request's generation without the queue and its PNG, with a new prompt each call."""
+    fresh = itertools.count()
+    return lambda: generate(pipes, [check_inputs(Kind.IMAGINE, f"bare {next(fresh)} {tag}", buckets=buckets, seed=1)])
 
 
 def measure_graphs(
@@ -318,8 +348,8 @@ def measure_graphs(
     seconds = asyncio.run(local_latency(functools.partial(generate, graphed), alone, batch_images=1)).totals
     bench.record("CUDA graphs: one request alone, s", column, f"{statistics.median(seconds[1:4]):.3f}")
     bench.record("CUDA graphs: alone, cached prompt, s", column, f"{statistics.median(seconds[4:]):.3f}")
-    bare = bare_seconds(bench, graphed, buckets, f"graphed {column}")
-    bench.record("CUDA graphs: alone, no queue or PNG, s", column, f"{bare:.3f}")
+    bare = lone_and_bare(graphed, buckets, f"graphed {column}")
+    bench.record_seconds("CUDA graphs: alone, no queue or PNG, s", column, bare, 3)
     warm_up = [  # every stream aspect alone and at the largest batch of new prompts: each captures its graphs
         group
         for aspect in STREAM_ASPECTS
