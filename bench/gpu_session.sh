@@ -17,13 +17,14 @@
 #             settings: the stream and lone-request ratios of the issue, in one command; CHILD_IMAGES as for compile);
 #   float8:   bench.float8 (the UNet compiled with float8 matrix products against bfloat16, at 1, 8 and 16
 #             images; its float8 rows need torchao's wheel in .whl/ and a GPU of compute capability 8.9+);
-#   table:    bench.knobs' PNG rows (this machine's CPU), then bench.gpu, the issue's table (plain, executor,
-#             tiny VAE, compiled, restarts, tiny+compiled; CUDA_GRAPHS as for compile), within BUDGET s.
+#   png:      bench.knobs' PNG rows alone (this machine's CPU, under a minute), for the minutes left after targets;
+#   table:    bench.knobs' PNG rows, then bench.gpu, the issue's table (plain, executor, tiny VAE, compiled,
+#             restarts, tiny+compiled; CUDA_GRAPHS as for compile), within BUDGET s.
 # Each step has its own time limit, so one that hangs costs only its share. With CACHE_KEY_LOG=FILE, torch logs
 # how it keys its compile caches (AOTAutograd's and inductor's, component by component) to FILE, and a restart's
 # fresh process to FILE.restart-compile-cache-warm: a diff of the two shows what makes a restart miss the cache.
 #
-#   bench/gpu_session.sh [MODEL_CONFIGS_DIR] [diagnose|knobs|compile|targets|float8|table|all] [BUDGET]
+#   bench/gpu_session.sh [MODEL_CONFIGS_DIR] [diagnose|knobs|compile|targets|float8|png|table|all] [BUDGET]
 #
 # On a machine without diffusers, put its wheel, and those of the other packages it lacks, in `.whl/` in the
 # checkout first (bench/README.md has the command). The lent H200 machine of 2026-11-27 lacked diffusers,
@@ -75,6 +76,10 @@ fi
 if [ "$part" = targets ]; then
     step $((budget + 20)) bench.gpu --configs "$configs" --budget "$budget" --workdir /tmp/lcm-bench-targets \
         --targets ${CHILD_IMAGES:+--child-images "$CHILD_IMAGES"}
+    exit
+fi
+if [ "$part" = png ]; then
+    step 60 bench.knobs --png-only
     exit
 fi
 if [ "$part" = float8 ]; then
