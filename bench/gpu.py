@@ -556,7 +556,7 @@ def main() -> None:
         if compiled:
             # The kernels' speed at the size that serves, whatever size the child compiled them at
             eight = eight_images(buckets)
-            bench.record("8 images in one call, s", "+compiled", f"{bench.seconds(lambda: generate(ours, eight)):.3f}")
+            bench.record_seconds("8 images in one call, s", "+compiled", lambda: generate(ours, eight))
         bench.print_table()
         return
     if args.targets:  # one command answers the stream and lone-request targets, in one device session
