@@ -17,7 +17,6 @@ from diffusers import (
     AutoencoderKL,
     AutoencoderTiny,
     DiffusionPipeline,
-    LCMScheduler,
     StableDiffusionXLImg2ImgPipeline,
     StableDiffusionXLInpaintPipeline,
     StableDiffusionXLPipeline,
@@ -27,6 +26,7 @@ from transformers import CLIPTokenizer
 
 from bot.engine.adapters import StyleAdapters
 from bot.engine.requests import Kind
+from bot.engine.scheduler import ServedLCMScheduler
 from bot.engine.text_embeddings import TextEmbeddingCache
 from bot.engine.vae import LatentCodec
 from bot.settings import Settings
@@ -187,10 +187,10 @@ def assemble_pipelines(
     embeddings: TextEmbeddingCache | None = None,
     decoder: AutoencoderTiny | None = None,
 ) -> Pipelines:
-    """Finish a loaded text-to-image pipeline: LCM scheduler, device, and the two pipelines sharing its weights.
-    `decoder` decodes instead of the pipeline's VAE (`MODEL_TINY_VAE`)."""
+    """Finish a loaded text-to-image pipeline: LCM scheduler (bot.engine.scheduler), device, and the two pipelines
+    sharing its weights. `decoder` decodes instead of the pipeline's VAE (`MODEL_TINY_VAE`)."""
     text2img = pipeline_over(ServedXLPipeline, text2img)
-    text2img.scheduler = LCMScheduler.from_config(text2img.scheduler.config)
+    text2img.scheduler = ServedLCMScheduler.from_config(text2img.scheduler.config)
     text2img.to(device)
     if decoder is not None:
         decoder.to(device)

@@ -2,14 +2,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import AutoencoderTiny, LCMScheduler
+from diffusers import AutoencoderTiny
 
 from bot.engine.pipelines import ModelUnavailable, Pipelines, load_pipelines, resolve_dtype, vae_dtype
+from bot.engine.scheduler import ServedLCMScheduler
 from bot.settings import Settings
 
 
 def test_production_loader_reads_the_tiny_model(pipes: Pipelines) -> None:
-    assert isinstance(pipes.text2img.scheduler, LCMScheduler)
+    assert isinstance(pipes.text2img.scheduler, ServedLCMScheduler)
     assert pipes.text2img.unet.config.time_cond_proj_dim is not None  # the LCM UNet, not the base folder's
     assert pipes.device.type == "cpu" and pipes.dtype == torch.float32
 
