@@ -21,6 +21,7 @@ disk, with the compile cache this run filled (a restart). Then tiny+compiled: th
 compiled twins of its own. Last, when time is left, `bench.startup` with no compilation (time to the first image).
 On a GPU, a lone request and 8 images in one call also say how long the GPU computed in one of them ("GPU busy",
 from torch's profiler): the rest of its time the GPU waited on the host, on Python between kernels and host syncs.
+How many host syncs one such call made ("host waits") comes from torch's sync debug mode.
 Random weights: speed and memory are real, the pictures are noise. Phases that would overrun `--budget` seconds are
 skipped and say so. `--targets` runs only plain and tiny+compiled, the bot's fastest settings, whose child compiles
 the tiny autoencoder too, and whose twins also serve the stream in batches of twice the bot's size: the issue's two
@@ -43,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -172,11 +174,27 @@ class Bench:
             reached = max(reached, end)
         return busy_us / 1e6
 
+    @staticmethod
+    def host_waits(run: Callable[[], object]) -> int:
+        """How many times one `run` made the host wait for the GPU (reading a value back, a copy from pageable
+        memory), by torch's sync debug mode. After each wait the GPU idles until the host queues more work."""
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                run()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        return sum("synchronizing CUDA operation" in str(warning.message) for warning in caught)
+
     def record_seconds(self, row: str, column: str, run: Callable[[], object], repeats: int = 1) -> None:
-        """`run`'s time as `row` and, on a GPU, under it, how much of one more `run` the GPU computed."""
+        """`run`'s time as `row` and, on a GPU, under it, how much of one more `run` the GPU computed and how many
+        times the host waited for it."""
         self.record(row, column, f"{self.seconds(run, repeats):.3f}")
         if self.device.type == "cuda":
-            self.record(f"{row.removesuffix(', s')}: GPU busy, s", column, f"{self.gpu_busy_seconds(run):.3f}")
+            label = row.removesuffix(", s")
+            self.record(f"{label}: GPU busy, s", column, f"{self.gpu_busy_seconds(run):.3f}")
+            self.record(f"{label}: host waits", column, str(self.host_waits(run)))
 
     def peak_gib(self, run: Callable[[], object]) -> float:
         """Peak GPU memory allocated during `run`, counting what was held before it (the weights, and in one
