@@ -64,7 +64,7 @@ from bot.engine.cuda_graphs import cuda_graph_capture
 from bot.engine.executor import BatchRunner
 from bot.engine.fused_styles import FusedStyles
 from bot.engine.generation import generate, render
-from bot.engine.pipelines import Pipelines, assemble_pipelines, vae_dtype
+from bot.engine.pipelines import Pipelines, assemble_pipelines, pipeline_over, vae_dtype
 from bot.engine.requests import COUNT_RANGE, GenerationRequest, Kind, bucket_sizes, check_inputs
 from bot.engine.service import choose_batch_images, graph_capture_for
 from bot.engine.vae import LatentCodec
@@ -248,6 +248,35 @@ def measure_plain(bench: Bench, plain: StableDiffusionXLPipeline, buckets, reque
     elapsed = bench.seconds(lambda: [call([f"plain {i}"], size) for i, size in enumerate(sizes)])
     bench.record("stream, images/s", "plain", f"{requests / elapsed:.2f}")
     bench.plain_stream_seconds = elapsed
+
+
+def check_scheduler_pictures(bench: Bench, ours: Pipelines, buckets) -> None:
+    """Whether our LCM scheduler (bot.engine.scheduler) paints diffusers' latents to the bit, and whether a seed
+    paints the same latents after a remix as before it, with either scheduler. Only a GPU can tell: there, how an
+    operand is rounded depends on whether it is a CPU scalar or a GPU tensor; on a CPU both round alike."""
+    width, height = buckets["1:1"]
+    common = {"num_inference_steps": STEPS, "guidance_scale": 1.0, "width": width, "height": height}
+
+    def seeded(pipe: object, **task: object) -> torch.Tensor:
+        generator = [torch.Generator().manual_seed(1)]
+        return pipe(prompt=["a fox"], generator=generator, output_type="latent", **common, **task).images
+
+    def compared(first: torch.Tensor, second: torch.Tensor) -> str:
+        return "identical" if torch.equal(first, second) else f"differ, max {(first - second).abs().max().item():.1e}"
+
+    starting = torch.randn(1, 4, height // 8, width // 8, generator=torch.Generator().manual_seed(2))
+    painted = {}
+    for name, scheduler_class in (("our", type(ours.text2img.scheduler)), ("diffusers'", LCMScheduler)):
+        scheduler = scheduler_class.from_config(ours.text2img.scheduler.config)
+        text2img = pipeline_over(type(ours.text2img), ours.text2img, scheduler=scheduler)
+        img2img = pipeline_over(type(ours.img2img), ours.text2img, scheduler=scheduler)
+        for pipe in (text2img, img2img):
+            pipe.set_progress_bar_config(disable=True)
+        painted[name] = before = seeded(text2img)
+        bench.record(f"{name} scheduler: a seed painted twice", "executor", compared(before, seeded(text2img)))
+        seeded(img2img, image=starting.to(ours.device, ours.dtype), strength=0.5)
+        bench.record(f"{name} scheduler: a seed after a remix", "executor", compared(before, seeded(text2img)))
+    bench.record("our scheduler against diffusers'", "executor", compared(painted["our"], painted["diffusers'"]))
 
 
 def eight_images(buckets) -> list[GenerationRequest]:
@@ -579,6 +608,7 @@ def main() -> None:
         return
     if args.targets:  # one command answers the stream and lone-request targets, in one device session
         measure_plain(bench, plain, buckets, args.requests)
+        check_scheduler_pictures(bench, ours, buckets)
         graphed_beside_the_twins(tiny_decoded)
         # The twins serve the stream's larger batches too, as they would with MAX_BATCH_IMAGES at that size; the
         # child's batches stay the bot's, whose compiled graphs take any size above 1 (they are dynamic).
@@ -590,6 +620,7 @@ def main() -> None:
 
     # 1. Plain diffusers, 2. our executor, 3. with the tiny autoencoder, 4. + compiled twins
     measure_plain(bench, plain, buckets, args.requests)
+    check_scheduler_pictures(bench, ours, buckets)
     measure_ours(bench, ours, "executor", buckets, args.requests, args.users, batch)
     tiny_decoded = with_tiny_decoder(ours)
     measure_ours(bench, tiny_decoded, "tiny VAE", buckets, args.requests, args.users, batch)
