@@ -1,7 +1,7 @@
 """diffusers' LCM scheduler, computing the same steps without reading anything back from the GPU.
 
 Each step of diffusers' `LCMScheduler` makes the host wait for the GPU to finish the step's UNet, three times
-through values it reads back and once through a copy:
+through values it reads back and, in every step but the last, once through a copy:
 - it reads its alphas from a CPU table through the GPU's timestep (`item()`, twice), and compares the next
   timestep, a GPU tensor, with 0;
 - it copies the noise drawn by the images' CPU generators from pageable memory, which torch follows with a wait
