@@ -1,7 +1,7 @@
 """What switching style costs between two batches, four ways.
 
     .venv/bin/python -m bench.styles [--switches 100] [--configs DIR]
-    python -m bench.styles --device cuda [--configs DIR]    # Table 3 alone, at full size on the GPU
+    python -m bench.styles --device cuda [--configs DIR]    # Tables 3 and 4 alone, at full size on the GPU
 
 Table 1, one switch, median ms on this machine's CPU (a switch is Python work between batches):
 - ours: `StyleAdapters.activate`, cycling through two LoRA styles and none;
@@ -23,6 +23,10 @@ tree with narrow layers (a tenth of the channels) on one CPU thread, where, as o
 to running operations one by one rather than to their arithmetic, so their count decides it. With
 `--device cuda`, on the GPU at full size (float16, 1024x1024), at batches of 1 and 8. Each run also times a
 switch of the fused UNet from one style to another.
+
+Table 4: the same for each of SSD-1B's two text encoders encoding one prompt, with a LoRA on their attention
+projections, as styles whose LoRA adapts the text encoders have (narrow on the CPU; with `--device cuda`, full
+size, 1 and 8 prompts). A fused text encoder is also what CUDA graphs can replay, which peft's cannot.
 """
 
 from __future__ import annotations
@@ -40,11 +44,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
-from peft import LoraConfig
+from peft import LoraConfig, inject_adapter_in_model
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from bench.gpu import DEFAULT_CONFIGS, full_size_pipeline
-from bot.engine.adapters import StyleAdapters
-from bot.engine.fused_styles import FusedStyles, FusedUNet, adapter_free_twin
+from bot.engine.adapters import StyleAdapters, tuner_layers
+from bot.engine.fused_styles import FusedModel, FusedStyles, adapter_free_twin
 from bot.engine.generation import generate
 from bot.engine.pipelines import load_pipelines
 from bot.engine.requests import Kind, bucket_sizes, check_inputs
@@ -54,6 +59,8 @@ from bot.styles import Style, StyleBook
 from tests.support.tiny_model import build_tiny_lora, build_tiny_model
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # the attention projections, as most style LoRAs train
+TEXT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]  # the text encoders' attention projections
+TEXT_ENCODER_CLASSES = {"text_encoder": CLIPTextModel, "text_encoder_2": CLIPTextModelWithProjection}
 TINY_RANK = 4
 NARROWING = 10  # SSD-1B's channels divided by this for Table 3: 32, 64, 128
 FORWARD_ROUNDS = 5
@@ -146,10 +153,33 @@ def adapted_unet(config: dict, device: torch.device, dtype: torch.dtype) -> UNet
     (peft's default starts LoRA B at zero, which would make fused and peft's forward trivially alike)."""
     torch.manual_seed(0)
     with torch.device(device):
-        unet = UNet2DConditionModel.from_config(config).to(dtype)
-        for name in ("s0", "s1"):
-            unet.add_adapter(LoraConfig(r=8, lora_alpha=8, target_modules=LORA_TARGETS, init_lora_weights=False), name)
-    return unet.eval()
+        return with_style_adapters(UNet2DConditionModel.from_config(config).to(dtype), LORA_TARGETS)
+
+
+def adapted_text_encoder(
+    name: str, config: CLIPTextConfig, device: torch.device, dtype: torch.dtype
+) -> torch.nn.Module:
+    """A random text encoder (`name` as in the pipelines) of `config`, with adapters as `adapted_unet`'s."""
+    torch.manual_seed(0)
+    with torch.device(device):
+        return with_style_adapters(TEXT_ENCODER_CLASSES[name](config).to(dtype), TEXT_LORA_TARGETS)
+
+
+def with_style_adapters(model: torch.nn.Module, targets: list[str]) -> torch.nn.Module:
+    """peft's own injection, as diffusers loads a LoRA into a text encoder (transformers' `add_adapter` asks for
+    a newer peft than diffusers does)."""
+    for name in ("s0", "s1"):
+        config = LoraConfig(r=8, lora_alpha=8, target_modules=targets, init_lora_weights=False)
+        inject_adapter_in_model(config, model, adapter_name=name)
+    return model.eval()
+
+
+def compute_with(model: torch.nn.Module, adapter: str | None) -> None:
+    """Switch `model`'s adapter layers to `adapter`, or off, as `StyleAdapters` switches them."""
+    for _, layer in tuner_layers(model):
+        layer.enable_adapters(adapter is not None)
+        if adapter is not None:
+            layer.set_adapter([adapter])
 
 
 def narrow_config(configs: Path) -> dict:
@@ -168,6 +198,20 @@ def narrow_config(configs: Path) -> dict:
     return config
 
 
+def narrow_text_config(configs: Path, name: str) -> CLIPTextConfig:
+    """One of SSD-1B's text encoders with every layer and head in place but narrow ones: 8 values a head."""
+    config = CLIPTextConfig.from_pretrained(configs / name)
+    width = 8 * config.num_attention_heads
+    config.update({"hidden_size": width, "intermediate_size": 4 * width, "projection_dim": width})
+    return config
+
+
+def text_inputs(encoder: torch.nn.Module, prompts: int) -> dict:
+    """Token ids of `prompts` full-length prompts, all hidden states asked for, as the pipelines encode them."""
+    ids = torch.randint(encoder.config.vocab_size, (prompts, encoder.config.max_position_embeddings))
+    return {"input_ids": ids.to(encoder.device), "output_hidden_states": True}
+
+
 def forward_inputs(unet: UNet2DConditionModel, images: int, latent_side: int) -> dict:
     config = unet.config
     pooled = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
@@ -184,21 +228,22 @@ def forward_inputs(unet: UNet2DConditionModel, images: int, latent_side: int) ->
     }
 
 
-def forward_costs(unet: UNet2DConditionModel, inputs: dict) -> tuple[dict[str, float], float, float]:
+def forward_costs(
+    model: torch.nn.Module, inputs: dict, output: Callable[[object], torch.Tensor]
+) -> tuple[dict[str, float], float, float]:
     """Best ms of one forward: no style, through peft's layers (off) and on the adapter-free twin; style s0
-    through peft's layers and fused; then a switch of the fused UNet between s0 and s1. The forwards take turns.
-    Also the switch's median ms, and the largest difference between the last two forwards' outputs. On a CPU, on
+    through peft's layers and fused; then a switch of the fused model between s0 and s1. The forwards take turns.
+    Also the switch's median ms, and the largest difference between the last two forwards' `output`. On a CPU, on
     one thread."""
-    on_gpu = unet.device.type == "cuda"
+    on_gpu = model.device.type == "cuda"
     finish = torch.cuda.synchronize if on_gpu else lambda: None
-    fused = FusedUNet(unet)
+    fused = FusedModel(model)
     fused.fuse("s0", 1.0)
-    unet.set_adapter("s0")
     ways = {
-        "no style, peft's layers": (unet, False),
-        "no style, adapter-free": (adapter_free_twin(unet), False),
-        "style, peft's layers": (unet, True),
-        "style, fused": (fused.unet, False),
+        "no style, peft's layers": (model, False),
+        "no style, adapter-free": (adapter_free_twin(model), False),
+        "style, peft's layers": (model, True),
+        "style, fused": (fused.model, False),
     }
     threads = torch.get_num_threads()
     if not on_gpu:
@@ -207,11 +252,11 @@ def forward_costs(unet: UNet2DConditionModel, inputs: dict) -> tuple[dict[str, f
     try:
         with torch.no_grad():
             for _ in range(FORWARD_ROUNDS):
-                for way, (model, adapted) in ways.items():
-                    unet.enable_adapters() if adapted else unet.disable_adapters()
-                    samples[way].append(milliseconds(lambda model=model: (model(**inputs), finish()), 10, min))
-            unet.enable_adapters()
-            difference = (unet(**inputs).sample - fused.unet(**inputs).sample).abs().max().item()
+                for way, (runs, adapted) in ways.items():
+                    compute_with(model, "s0" if adapted else None)
+                    samples[way].append(milliseconds(lambda runs=runs: (runs(**inputs), finish()), 10, min))
+            compute_with(model, "s0")
+            difference = (output(model(**inputs)) - output(fused.model(**inputs))).abs().max().item()
             styles = cycle(["s1", "s0"])
             switch = milliseconds(lambda: (fused.fuse(next(styles), 1.0), finish()), 10)
     finally:
@@ -226,25 +271,46 @@ def print_forward_table(title: str, forwards: dict[str, float], switch: float, d
     print(f"|{'-' * 26}|{'-' * 10}|{'-' * 10}|")
     for way, ms in forwards.items():
         print(f"| {way:<24} | {ms:>8.2f} | {ms / first:>7.2f}x |")
-    print(f"a switch of the fused UNet to another style: {switch:.2f} ms")
+    print(f"a switch of the fused model to another style: {switch:.2f} ms")
     print(f"fused against peft's layers: largest difference {difference:.2e}")
 
 
+def unet_sample(output: object) -> torch.Tensor:
+    return output.sample
+
+
+def penultimate_hidden_state(output: object) -> torch.Tensor:
+    """What SDXL's pipelines take from a text encoder."""
+    return output.hidden_states[-2]
+
+
 def gpu_forwards(configs: Path) -> None:
-    """Table 3 on the GPU, at full size: SSD-1B's UNet in float16 at 1024x1024, batches of 1 and 8."""
-    unet = adapted_unet(dict(UNet2DConditionModel.load_config(configs / "unet")), torch.device("cuda"), torch.half)
+    """Tables 3 and 4 on the GPU, at full size: SSD-1B's UNet in float16 at 1024x1024, batches of 1 and 8; its
+    text encoders, 1 and 8 prompts."""
+    cuda = torch.device("cuda")
+    unet = adapted_unet(dict(UNet2DConditionModel.load_config(configs / "unet")), cuda, torch.half)
     print(torch.cuda.get_device_name())
     for images in (1, 8):
-        forwards, switch, difference = forward_costs(unet, forward_inputs(unet, images, 128))
+        forwards, switch, difference = forward_costs(unet, forward_inputs(unet, images, 128), unet_sample)
         title = f"one UNet forward, SSD-1B at 1024x1024, {images} image(s), float16,"
         print_forward_table(f"{title} {TIMING}", forwards, switch, difference)
+    del unet
+    for name in TEXT_ENCODER_CLASSES:
+        encoder = adapted_text_encoder(name, CLIPTextConfig.from_pretrained(configs / name), cuda, torch.half)
+        for prompts in (1, 8):
+            inputs = text_inputs(encoder, prompts)
+            forwards, switch, difference = forward_costs(encoder, inputs, penultimate_hidden_state)
+            title = f"one forward of SSD-1B's {name}, {prompts} prompt(s), float16,"
+            print_forward_table(f"{title} {TIMING}", forwards, switch, difference)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--switches", type=int, default=100)
     parser.add_argument("--configs", type=Path, default=DEFAULT_CONFIGS)
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cuda: Table 3 alone, full size")
+    parser.add_argument(
+        "--device", choices=["cpu", "cuda"], default="cpu", help="cuda: Tables 3 and 4 alone, full size"
+    )
     args = parser.parse_args()
     if args.device == "cuda":
         gpu_forwards(args.configs)
@@ -304,9 +370,14 @@ def main() -> None:
         print(f"| {batch_name:<34} | {path:<14} | {ms:>8.2f} |")
 
     unet = adapted_unet(narrow_config(args.configs), torch.device("cpu"), torch.float32)
-    forwards, switch, difference = forward_costs(unet, forward_inputs(unet, 1, 16))
+    forwards, switch, difference = forward_costs(unet, forward_inputs(unet, 1, 16), unet_sample)
     title = f"one UNet forward at batch 1, SSD-1B's module tree at 1/{NARROWING} of its channels, one CPU thread,"
     print_forward_table(f"{title}\n{TIMING}", forwards, switch, difference)
+    for name in TEXT_ENCODER_CLASSES:
+        encoder = adapted_text_encoder(name, narrow_text_config(args.configs, name), torch.device("cpu"), torch.float32)
+        forwards, switch, difference = forward_costs(encoder, text_inputs(encoder, 1), penultimate_hidden_state)
+        title = f"one prompt through SSD-1B's {name}, 8 values a head, one CPU thread,"
+        print_forward_table(f"{title}\n{TIMING}", forwards, switch, difference)
 
 
 if __name__ == "__main__":

@@ -25,9 +25,10 @@ serves seven aspect buckets at every batch size. These choices keep that cost aw
 - Styles: the twins' UNet has no adapter layers (bot.engine.fused_styles). A styled batch runs on a second
   compiled twin, of the fused-style UNet, which shares its fused weights: weights are inputs to the compiled
   graphs, not constants, so the graphs that serve unstyled batches serve every style too, and a LoRA style
-  compiles nothing (on the CPU with the tiny model, 4 graphs with a LoRA style instead of 6). The twins' text
-  encoders hold copies of the styles' adapter layers, switched by the twins' own `StyleAdapters`. A style that
-  the fused UNet does not hold (or none, where its memory did not fit) runs eager.
+  compiles nothing (on the CPU with the tiny model, 4 graphs with a LoRA style instead of 6). Its prompts are
+  encoded on the eager side's fused text encoders where those hold its LoRA; else the twins' text encoders hold
+  copies of the styles' adapter layers, switched by the twins' own `StyleAdapters`. A style that the fused UNet
+  does not hold (or none, where its memory did not fit) runs eager.
 - The twins take over only once every bucket has run through them, and then run under `fail_on_recompile`:
   a batch that would still need compiling falls back to eager (and its shape stays eager) rather than stall.
 - The compile thread's torch.fx traces patch modules for that thread alone (bot.engine.thread_local_tracing):
@@ -93,7 +94,7 @@ class CompiledTwins:
         unet = adapter_free_twin(eager.text2img.unet)
         unet.compile_repeated_blocks(fullgraph=True, dynamic=True)
         fused = eager.fused_styles.fused if eager.fused_styles is not None else None
-        fused_unet = weight_sharing_twin(fused.unet) if fused is not None else None  # its fused weights too
+        fused_unet = weight_sharing_twin(fused.model) if fused is not None else None  # its fused weights too
         if fused_unet is not None:
             fused_unet.compile_repeated_blocks(fullgraph=True, dynamic=True)
         vae = weight_sharing_twin(eager.codec.vae)
@@ -111,12 +112,17 @@ class CompiledTwins:
         self.pipes.styles = StyleAdapters(self.pipes.text2img, eager.styles.book)
         # Unstyled prompts, and those of styles that leave the text encoders alone, are encoded on the eager side's
         # text encoders without adapter layers (graphed with CUDA_GRAPHS): nothing switches them, so both threads
-        # may run them.
-        plain_encoders = eager.fused_styles.plain_encoders if eager.fused_styles is not None else None
-        self.pipes.fused_styles = FusedStyles(
-            self.pipes, plain_unet=unet, plain_encoders=plain_encoders, fused=fused, fused_unet=fused_unet
-        )
+        # may run them. Those of the styles that its fused text encoders hold are encoded on those, which only the
+        # GPU thread runs (the compile thread's warm-up is unstyled), as it does the fused UNet.
         eager_styles = eager.fused_styles  # where the eager side's graphed UNets are
+        self.pipes.fused_styles = FusedStyles(
+            self.pipes,
+            plain_unet=unet,
+            plain_encoders=eager_styles.plain_encoders if eager_styles is not None else None,
+            fused=fused,
+            fused_unet=fused_unet,
+            fused_encoders=eager_styles.fused_encoders if eager_styles is not None else None,
+        )
         self._graphed = graphed_counterparts(
             [(eager_styles.plain_unet, unet), (eager_styles.fused_unet, fused_unet)] if eager_styles is not None else []
         )

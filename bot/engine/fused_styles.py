@@ -1,4 +1,5 @@
-"""Batches on UNets without peft's adapter layers: styled ones on a UNet whose weights hold the style's LoRA.
+"""Batches on models without peft's adapter layers: styled ones on a UNet, and text encoders, whose weights hold
+the style's LoRA.
 
 peft computes a LoRA beside every layer it adapts: two small matrix products, a scale and an add, each its own
 operation. On SSD-1B's UNet, a LoRA on the attention projections adapts 272 layers, which makes 6,959 operations
@@ -24,9 +25,12 @@ the UNet then runs as if no adapter existed: 0.88 to 1.03x (once 1.29x).
   (0.87 to 0.98x the time of a forward through the adapter layers switched off), and holds no memory. Their
   prompts are encoded on such twins of the text encoders, and so are those of styles whose LoRA leaves the text
   encoders alone (many adapt only the UNet), fused or not: they encode to exactly what the eager encoders give
-  them. The styles whose LoRA adapts the text encoders too keep the eager ones, whose adapter layers the style
-  switches on.
-- With `CUDA_GRAPHS`, both UNets and the adapter-free text encoders are graphed twins (bot.engine.cuda_graphs),
+  them.
+- The styles whose LoRA adapts the text encoders too (as many trained SDXL LoRAs do) encode on fused text
+  encoders, built the same way (`FusedTextEncoders`): a new prompt of theirs no longer runs peft's layers, and
+  with `CUDA_GRAPHS` it replays graphs, as an unstyled one does. A style that the fused text encoders cannot
+  hold keeps the eager ones, whose adapter layers the style switches on.
+- With `CUDA_GRAPHS`, both UNets and both kinds of text encoders are graphed twins (bot.engine.cuda_graphs),
   and the pipelines here serve unstyled batches even where no style brought adapter layers: batches of one
   image replay CUDA graphs, and so does encoding new prompts, up to a batch's worth. A fuse copies into the fused
   weights, so the graphs captured on them serve every style. With `COMPILE` too, both UNets' graphs are captured
@@ -54,18 +58,19 @@ AdaptedLayer = lora.Linear | lora.Conv2d
 Model = TypeVar("Model", bound=torch.nn.Module)
 
 
-class FusedUNet:
-    """An adapter-free twin of a UNet in which each fusable adapter layer is a copy of the layer it adapts, with a
-    weight of its own that holds the base weight plus one adapter's update."""
+class FusedModel:
+    """An adapter-free twin of a model (the UNet, a text encoder) in which each fusable adapter layer is a copy of
+    the layer it adapts, with a weight of its own that holds the base weight plus one adapter's update."""
 
-    def __init__(self, unet: UNet2DConditionModel) -> None:
-        self.unet = adapter_free_twin(unet)
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = adapter_free_twin(model)
         self._layers: list[tuple[AdaptedLayer, torch.nn.Module]] = []
-        for name, layer in _adapted_layers(unet):
+        for name, layer in _adapted_layers(model):
             fused = weight_sharing_twin(layer.get_base_layer(), own=lambda parameter: parameter == "weight")
-            self.unet.set_submodule(name, fused)
+            self.model.set_submodule(name, fused)
             self._layers.append((layer, fused))
-        self.adapters = fusable_adapters(unet)
+        self.adapters = fusable_adapters(model)
+        self.held = adapters_in(model)  # fusable or not
         self._fused: tuple[str, float] | None = None
         self._plain: set[torch.nn.Module] = {fused for _, fused in self._layers}  # holding the base weight as is
 
@@ -89,28 +94,50 @@ class FusedUNet:
         self._fused = (adapter, scale)
 
 
+class FusedTextEncoders:
+    """Fused twins of the text encoders that styles' LoRAs adapt, for the styles whose adapter every one of them
+    holding it can fuse. Each pipeline attribute maps to what serves it: a fused twin (or its graph), or for a text
+    encoder no style adapts, the adapter-free one unstyled prompts encode on."""
+
+    def __init__(self, fused: Mapping[str, FusedModel], serving: Mapping[str, torch.nn.Module]) -> None:
+        self.fused = dict(fused)
+        self.serving = dict(serving)
+        held = frozenset().union(*(encoder.held for encoder in self.fused.values()))
+        self.adapters = frozenset(
+            adapter
+            for adapter in held
+            if all(adapter in encoder.adapters for encoder in self.fused.values() if adapter in encoder.held)
+        )
+
+    def fuse(self, adapter: str, scale: float) -> None:
+        for encoder in self.fused.values():
+            encoder.fuse(adapter, scale)
+
+
 class FusedStyles:
     """The task pipelines for batches that peft's adapter layers need not run, or need run only in the UNet:
-    unstyled ones on an adapter-free UNet, styled ones on a `FusedUNet` where it holds their adapter, and on
-    adapter-free text encoders where their LoRA leaves those alone. Runs on the GPU thread, between batches, as
-    style switches do."""
+    unstyled ones on an adapter-free UNet, styled ones on a fused UNet (`FusedModel`) where it holds their adapter,
+    and on adapter-free text encoders where their LoRA leaves those alone, or else on fused ones where those hold
+    it. Runs on the GPU thread, between batches, as style switches do."""
 
     def __init__(
         self,
         pipes: Pipelines,
         *,
         plain_unet: UNet2DConditionModel | None,
-        fused: FusedUNet | None,
+        fused: FusedModel | None,
         fused_unet: torch.nn.Module | None = None,
         plain_encoders: Mapping[str, torch.nn.Module] | None = None,
         peft_unet: UNet2DConditionModel | None = None,
+        fused_encoders: FusedTextEncoders | None = None,
     ) -> None:
         """Pipelines over `pipes`' components with `plain_unet` and `plain_encoders` (adapter-free text encoders
         by attribute name, in place of `pipes`' own) for unstyled batches (no `plain_unet`: `pipes`' own serve
         them), and with `fused_unet` for the styles `fused` holds: its own UNet, or a (compiled) twin of it that
         shares its fused weights. Those styles encode on `plain_encoders` too, unless their LoRA adapts
-        `pipes`' text encoders, and so do the styles `fused` does not hold, on `peft_unet` (with peft's adapter
-        layers), where it is given."""
+        `pipes`' text encoders: then on `fused_encoders` where those hold it, else on `pipes`' own. The styles
+        `fused` does not hold run on `peft_unet` (with peft's adapter layers), where it is given, and encode on
+        `plain_encoders` if their LoRA leaves the text encoders alone."""
         self.plain_encoders = dict(plain_encoders or {})
         self.plain_unet = plain_unet
         self._plain: dict[Kind, DiffusionPipeline] = {}
@@ -118,36 +145,47 @@ class FusedStyles:
             self._plain = _task_pipelines_over(pipes, plain_unet, **self.plain_encoders)
         self.fused = fused
         if fused is not None and fused_unet is None:
-            fused_unet = fused.unet
+            fused_unet = fused.model
         self.fused_unet = fused_unet
-        # The adapters with weights in the text encoders: their styles encode on the eager ones
+        # The adapters with weights in the text encoders: their styles encode on the fused ones where those hold
+        # them, else on the eager ones
         self.text_adapters = frozenset().union(*(adapters_in(getattr(pipes.text2img, name)) for name in TEXT_ENCODERS))
         self._fused: dict[Kind, DiffusionPipeline] = {}  # for styles that leave the text encoders alone
         self._fused_with_text_adapters: dict[Kind, DiffusionPipeline] = {}
+        self.fused_encoders = fused_encoders
+        self._fused_text: dict[Kind, DiffusionPipeline] = {}  # for those whose LoRA the fused encoders hold
         if fused_unet is not None:
             self._fused = _task_pipelines_over(pipes, fused_unet, **self.plain_encoders)
             self._fused_with_text_adapters = _task_pipelines_over(pipes, fused_unet)
+            if fused_encoders is not None:
+                self._fused_text = _task_pipelines_over(pipes, fused_unet, **fused_encoders.serving)
         self._unfused: dict[Kind, DiffusionPipeline] = {}  # for the others that leave the text encoders alone
         if peft_unet is not None:
             self._unfused = _task_pipelines_over(pipes, peft_unet, **self.plain_encoders)
 
     @classmethod
     def of(cls, eager: Pipelines, *, fuse: bool, capture: Capture | None = None, max_prompts: int = 1) -> FusedStyles:
-        """For the eager pipelines; `fuse`: a `FusedUNet` too (it takes memory); `capture`: both UNets replay
-        graphs for batches of one image, and the adapter-free text encoders for up to `max_prompts` new prompts
-        at once (bot.engine.cuda_graphs)."""
+        """For the eager pipelines; `fuse`: a fused UNet, and fused text encoders where styles adapt those, too
+        (they take memory); `capture`: both UNets replay graphs for batches of one image, and the text encoders
+        for up to `max_prompts` new prompts at once (bot.engine.cuda_graphs)."""
         unet = eager.text2img.unet
         plain_unet = adapter_free_twin(unet)
-        plain_encoders = {name: adapter_free_twin(getattr(eager.text2img, name)) for name in TEXT_ENCODERS}
-        fused = FusedUNet(unet) if fuse else None
+        encoders = {name: getattr(eager.text2img, name) for name in TEXT_ENCODERS}
+        plain_encoders = {name: adapter_free_twin(encoder) for name, encoder in encoders.items()}
+        fused = FusedModel(unet) if fuse else None
+        fused_texts = {name: FusedModel(encoder) for name, encoder in encoders.items() if fuse and adapters_in(encoder)}
         fused_unet = None
+        fused_text_encoders = {name: encoder.model for name, encoder in fused_texts.items()}
         if capture is not None:
-            plain_unet = graphed_twin(plain_unet, capture)
             prompts = range(1, max_prompts + 1)
-            plain_encoders = {
-                name: graphed_twin(encoder, capture, batch_sizes=prompts) for name, encoder in plain_encoders.items()
-            }
-            fused_unet = graphed_twin(fused.unet, capture) if fused is not None else None
+
+            def graphed(served: dict[str, torch.nn.Module]) -> dict[str, torch.nn.Module]:
+                return {name: graphed_twin(encoder, capture, batch_sizes=prompts) for name, encoder in served.items()}
+
+            plain_unet = graphed_twin(plain_unet, capture)
+            plain_encoders, fused_text_encoders = graphed(plain_encoders), graphed(fused_text_encoders)
+            fused_unet = graphed_twin(fused.model, capture) if fused is not None else None
+        fused_encoders = FusedTextEncoders(fused_texts, plain_encoders | fused_text_encoders) if fused_texts else None
         return cls(
             eager,
             plain_unet=plain_unet,
@@ -155,6 +193,7 @@ class FusedStyles:
             fused_unet=fused_unet,
             plain_encoders=plain_encoders,
             peft_unet=unet,
+            fused_encoders=fused_encoders,
         )
 
     @property
@@ -162,12 +201,21 @@ class FusedStyles:
         """The adapters whose styles run fused."""
         return self.fused.adapters if self.fused is not None else frozenset()
 
+    @property
+    def peft_text_adapters(self) -> frozenset[str]:
+        """The adapters whose styles encode new prompts through peft's adapter layers in the text encoders."""
+        text_fused = self.fused_encoders.adapters if self.fused_encoders is not None else frozenset()
+        return self.text_adapters - (self.adapters & text_fused)
+
     def graphed_style(self, book: StyleBook) -> Style | None:
         """A style of `book` whose batches of one replay the fused UNet's graphs, which serve every fused style
-        (the serving warm-up brings it to each bucket); None where the fused UNet has no graphs."""
+        (the serving warm-up brings it to each bucket); None where the fused UNet has no graphs. One whose LoRA
+        the fused text encoders hold where there is one: its prompts capture their graphs too."""
         if self.fused is None or not isinstance(self._fused[Kind.IMAGINE].unet.forward, GraphedForward):
             return None
-        return next((style for style in book if adapter_of(style) in self.fused.adapters), None)
+        fused = [style for style in book if adapter_of(style) in self.fused.adapters]
+        text_fused = self.fused_encoders.adapters if self.fused_encoders is not None else frozenset()
+        return min(fused, key=lambda style: adapter_of(style) not in text_fused, default=None)
 
     def pipeline(self, kind: Kind, style: Style | None) -> DiffusionPipeline | None:
         """The task's pipeline for a batch in `style`; None when `pipes`' own must run it, with peft's layers in
@@ -179,7 +227,12 @@ class FusedStyles:
         adapts_text = adapter in self.text_adapters
         if self.fused is not None and adapter in self.fused.adapters:
             self.fused.fuse(adapter, style.weight)
-            return (self._fused_with_text_adapters if adapts_text else self._fused)[kind]
+            if not adapts_text:
+                return self._fused[kind]
+            if self.fused_encoders is not None and adapter in self.fused_encoders.adapters:
+                self.fused_encoders.fuse(adapter, style.weight)
+                return self._fused_text[kind]
+            return self._fused_with_text_adapters[kind]
         return None if adapts_text else self._unfused.get(kind)
 
 
@@ -192,16 +245,22 @@ def adapter_free_twin(model: Model) -> Model:
     return twin
 
 
-def fused_weight_bytes(unet: UNet2DConditionModel) -> int:
-    """The memory a `FusedUNet` of `unet` holds on its own: a copy of each adapted layer's weight."""
-    return sum(layer.get_base_layer().weight.nbytes for _, layer in _adapted_layers(unet))
+def fused_weight_bytes(model: torch.nn.Module) -> int:
+    """The memory a `FusedModel` of `model` holds on its own: a copy of each adapted layer's weight."""
+    return sum(layer.get_base_layer().weight.nbytes for _, layer in _adapted_layers(model))
 
 
-def fusable_adapters(unet: UNet2DConditionModel) -> frozenset[str]:
-    """The adapters whose every layer in `unet` is a plain LoRA on a fusable layer."""
+def fused_styles_bytes(pipe: DiffusionPipeline) -> int:
+    """The memory `FusedStyles.of(..., fuse=True)` takes for `pipe`'s models: the fused UNet's own weights, and
+    those of the fused text encoders where styles adapt them."""
+    return sum(fused_weight_bytes(getattr(pipe, name)) for name in ("unet", *TEXT_ENCODERS))
+
+
+def fusable_adapters(model: torch.nn.Module) -> frozenset[str]:
+    """The adapters whose every layer in `model` is a plain LoRA on a fusable layer."""
     adapters: set[str] = set()
     unfusable: set[str] = set()
-    for _, layer in tuner_layers(unet):
+    for _, layer in tuner_layers(model):
         held = held_adapters(layer)
         adapters |= held
         if not _fusable_layer(layer):
@@ -218,8 +277,8 @@ def _plain_lora(layer: AdaptedLayer, adapter: str) -> bool:
     return not (layer.use_dora.get(adapter) or getattr(layer, "lora_bias", {}).get(adapter) or adapter in variants)
 
 
-def _adapted_layers(unet: UNet2DConditionModel) -> list[tuple[str, AdaptedLayer]]:
-    return [(name, layer) for name, layer in tuner_layers(unet) if _fusable_layer(layer)]
+def _adapted_layers(model: torch.nn.Module) -> list[tuple[str, AdaptedLayer]]:
+    return [(name, layer) for name, layer in tuner_layers(model) if _fusable_layer(layer)]
 
 
 def _task_pipelines_over(

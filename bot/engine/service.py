@@ -22,7 +22,7 @@ from bot.engine.compile_cache import use_compile_cache
 from bot.engine.compiled import CompiledTwins
 from bot.engine.cuda_graphs import Capture, cuda_graph_capture
 from bot.engine.executor import BatchRunner, Executor, JobQueue
-from bot.engine.fused_styles import FusedStyles, fusable_adapters, fused_weight_bytes
+from bot.engine.fused_styles import FusedStyles, fusable_adapters, fused_styles_bytes
 from bot.engine.generation import generate, render, warm_up
 from bot.engine.pipelines import Pipelines, PromptRules, load_pipelines
 from bot.engine.requests import bucket_sizes
@@ -121,7 +121,7 @@ def fused_styles_for(
     if not tuner_layers(unet) and capture is None:
         return None
     fuse = bool(fusable_adapters(unet))
-    fused_gib = fused_weight_bytes(unet) / GIB
+    fused_gib = fused_styles_bytes(pipes.text2img) / GIB
     if fuse and pipes.device.type == "cuda":
         free_bytes, _total = torch.cuda.mem_get_info(pipes.device)
         fuse = room_beside_batches(settings, batch_images, free_gib=free_bytes / GIB, needed_gib=fused_gib)
@@ -133,13 +133,14 @@ def fused_styles_for(
                 batch_images,
             )
     if fuse:
-        log.info("styles' LoRAs are fused into %.2f GiB of UNet weights of their own", fused_gib)
+        log.info("styles' LoRAs are fused into %.2f GiB of UNet and text encoder weights of their own", fused_gib)
     styles = FusedStyles.of(pipes, fuse=fuse, capture=capture, max_prompts=batch_images)
-    if capture is not None and styles.text_adapters:
+    if capture is not None and styles.peft_text_adapters:
         # Said once at start, so that a server owner knows why these styles answer a new prompt more slowly
         log.info(
-            "the LoRAs of these styles adapt the text encoders, so their new prompts encode without CUDA graphs: %s",
-            ", ".join(sorted(styles.text_adapters)),
+            "the LoRAs of these styles adapt the text encoders through adapter layers, so their new prompts encode "
+            "without CUDA graphs: %s",
+            ", ".join(sorted(styles.peft_text_adapters)),
         )
     return styles
 

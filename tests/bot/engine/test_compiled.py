@@ -33,6 +33,7 @@ MAX_BATCH = 2
 COMPILED_ASPECTS = ("1:1", "16:9")  # each compiled graph costs tens of seconds on a CPU
 STYLES = {
     "ink": Style(name="ink", description="Ink"),  # its LoRA is set by the `pipes` fixture
+    "pencil": Style(name="pencil", description="Pencil"),  # so is its, which adapts a text encoder too
     "rain": Style(name="rain", description="Rain", template="{prompt}, in the rain"),
 }
 pytestmark = pytest.mark.timeout(900)
@@ -43,10 +44,13 @@ def pixels(image: Image.Image) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def pipes(settings: Settings, loras: dict[str, Path]) -> Pipelines:
-    """Pipelines as a server with styles runs them: a LoRA style's adapter loaded (and off), a template style."""
+def pipes(settings: Settings, loras: dict[str, Path], unet_and_text_styles: StyleBook) -> Pipelines:
+    """Pipelines as a server with styles runs them: LoRA styles' adapters loaded (and off), a template style."""
     pipes = load_pipelines(settings)
-    book = StyleBook([STYLES["ink"].model_copy(update={"lora": str(loras["ink"])}), STYLES["rain"]])
+    with_loras = {"ink": loras["ink"], "pencil": unet_and_text_styles.get("pencil").lora}
+    book = StyleBook(
+        [*(STYLES[name].model_copy(update={"lora": str(lora)}) for name, lora in with_loras.items()), STYLES["rain"]]
+    )
     pipes.styles = StyleAdapters.load(pipes.text2img, book)
     pipes.fused_styles = FusedStyles.of(pipes, fuse=True)
     return pipes
@@ -168,7 +172,7 @@ def test_the_twins_unets_have_no_adapter_layers_and_styles_share_the_fused_weigh
     twins = CompiledTwins(pipes, {"1:1": buckets["1:1"]}, max_batch_images=1)
     plain = twins.pipes.text2img.unet
     styled = twins.pipes.for_kind(Kind.IMAGINE, pipes.styles.style("ink")).unet
-    eager_fused = pipes.fused_styles.fused.unet
+    eager_fused = pipes.fused_styles.fused.model
     assert styled is not plain and styled is not eager_fused
     assert not any(isinstance(module, BaseTunerLayer) for model in (plain, styled) for module in model.modules())
     pairs = zip(eager_fused.named_parameters(), styled.named_parameters(), strict=True)
@@ -179,16 +183,22 @@ def test_styles_are_served_compiled_and_switching_never_recompiles(pipes: Pipeli
     book = StyleBook(list(STYLES.values()))
     requests = [  # the LoRA style was warmed up at 1:1 only: its graphs serve every aspect
         check_inputs(Kind.IMAGINE, "a fox", buckets=buckets, aspect=aspect, seed=5, style=style, styles=book, count=n)
-        for aspect, style, n in [("16:9", "ink", 2), ("1:1", None, 1), ("16:9", "rain", 1), ("1:1", "ink", 1)]
-    ]
+        for aspect, style, n in [
+            ("16:9", "ink", 2), ("1:1", None, 1), ("16:9", "rain", 1), ("1:1", "ink", 1), ("1:1", "pencil", 2)
+        ]
+    ]  # fmt: skip
     graphs, served = compiled_graph_count(), served_by.batches_served
     compiled = [generate(pipes, [request])[0] for request in requests]
     assert served_by.batches_served == served + len(requests) and compiled_graph_count() == graphs
     for request, images in zip(requests, compiled, strict=True):
         for ours, eager in zip(images, render(pipes, [request]), strict=True):
             assert np.abs(pixels(ours) - pixels(eager)).max() <= 2
-    inked, plain = compiled[3][0], compiled[1][0]
+    inked, plain, pencilled = compiled[3][0], compiled[1][0], compiled[4][0]
     assert np.abs(pixels(inked) - pixels(plain)).mean() > 1
+    assert np.abs(pixels(pencilled) - pixels(inked)).mean() > 1
+    pencil = served_by.pipes.for_kind(Kind.IMAGINE, pipes.styles.style("pencil"))
+    assert pencil.text_encoder is pipes.fused_styles.fused_encoders.serving["text_encoder"]
+    assert pencil.unet is served_by.pipes.for_kind(Kind.IMAGINE, pipes.styles.style("ink")).unet  # compiled, fused
     # Eager batches switch the eager adapters (last to none here); the twins must still serve the style unchanged
     render(pipes, [requests[1]])
     served = served_by.batches_served

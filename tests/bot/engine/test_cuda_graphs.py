@@ -229,16 +229,19 @@ def with_ink_style(settings: Settings, loras: dict[str, Path]) -> tuple[Pipeline
 
 
 def test_the_serving_warm_up_captures_the_fused_styles_graphs_too(
-    settings: Settings, loras: dict[str, Path], buckets
+    settings: Settings, unet_and_text_styles: StyleBook, buckets
 ) -> None:
-    pipes, book = with_ink_style(settings, loras)
+    book = unet_and_text_styles  # pencil adapts a text encoder too: its prompts encode on a fused one
+    pipes = load_pipelines(settings)
+    pipes.styles = StyleAdapters.load(pipes.text2img, book)
     capture = RerunCapture()
     graphed = with_graphs(pipes, capture, fuse=True)
+    assert graphed.fused_styles.graphed_style(book) == book.get("pencil")
     warm_up(graphed, buckets)
     assert graphed.for_kind(Kind.IMAGINE, book.get("ink")).unet.forward.graphs == len(buckets)
     captured = len(capture.graphs)
-    for aspect in ("1:1", "16:9"):
-        request = check_inputs(Kind.IMAGINE, "an ink fox", buckets=buckets, aspect=aspect, style="ink", styles=book)
+    for aspect, style in (("1:1", "ink"), ("16:9", "pencil"), ("4:3", "ink"), ("1:1", "pencil")):
+        request = check_inputs(Kind.IMAGINE, f"a {style} fox", buckets=buckets, aspect=aspect, style=style, styles=book)
         generate(graphed, [request])
     assert len(capture.graphs) == captured
 
@@ -276,10 +279,10 @@ def test_new_prompts_are_encoded_by_graphs_up_to_the_batch_size(pipes: Pipelines
     assert graphed.text_encoder.forward.graphs == graphed.text_encoder_2.forward.graphs == 2  # three runs eager
 
 
-def test_styles_that_adapt_the_text_encoders_encode_with_their_adapters_and_other_prompts_replay_graphs(
+def test_every_style_s_new_prompts_replay_text_encoder_graphs_those_adapting_them_on_fused_ones(
     settings: Settings, unet_and_text_styles: StyleBook, buckets
 ) -> None:
-    book = unet_and_text_styles
+    book = unet_and_text_styles  # pencil adapts the first text encoder too, ink only the UNet
     pipes = load_pipelines(settings)
     pipes.styles = StyleAdapters.load(pipes.text2img, book)
     fused = dataclasses.replace(pipes, fused_styles=FusedStyles.of(pipes, fuse=True), embeddings=TextEmbeddingCache())
@@ -292,14 +295,18 @@ def test_styles_that_adapt_the_text_encoders_encode_with_their_adapters_and_othe
     for prompt, style in (("a fox", None), ("a fox", "pencil"), ("an owl", "pencil"), ("an owl", None)):
         reference = pipes if style is None else fused
         assert np.array_equal(pixels(graphed, request(prompt, style)), pixels(reference, request(prompt, style)))
-    eager_encodings = []
-    pipes.text2img.text_encoder.register_forward_hook(lambda *_: eager_encodings.append(1))
-    ink = pixels(graphed, request("a heron", "ink"))
-    assert not eager_encodings  # the new prompt replayed the adapter-free encoders' graphs
-    assert np.array_equal(ink, pixels(fused, request("a heron", "ink")))
-    plain = graphed.for_kind(Kind.IMAGINE)
-    assert plain.text_encoder.forward.graphs == 1
-    cached = {  # the style's adapter changes what its prompt encodes to: this test would see it frozen out
+    peft_encodings = []
+    pipes.text2img.text_encoder.register_forward_hook(lambda *_: peft_encodings.append(1))
+    graphs, replays = len(capture.graphs), capture.replays
+    for prompt, style in (("a heron", "ink"), ("a crane", "pencil")):
+        assert np.array_equal(pixels(graphed, request(prompt, style)), pixels(fused, request(prompt, style)))
+    assert not peft_encodings  # no side ran peft's layers
+    assert len(capture.graphs) == graphs  # nothing captured: each new prompt replayed its encoders' graphs
+    assert capture.replays - replays == 2 * (2 + 2)  # a request: its 2 steps and 2 text encoders
+    plain, pencil = graphed.for_kind(Kind.IMAGINE), graphed.for_kind(Kind.IMAGINE, book.get("pencil"))
+    assert plain.text_encoder.forward.graphs == pencil.text_encoder.forward.graphs == 1
+    assert pencil.text_encoder is not plain.text_encoder and pencil.text_encoder_2 is plain.text_encoder_2
+    cached = {  # the style's LoRA changes what its prompt encodes to: this test would see it fused out
         style: graphed.embeddings.pipeline_inputs(plain, ["a fox"], [""], with_negative=False, variant=style)
         for style in (None, "pencil")
     }

@@ -97,17 +97,15 @@ def test_cuda_graphs_need_a_gpu_and_asking_for_them_on_a_cpu_is_a_warning(
     )
 
 
-def test_with_graphs_the_log_names_the_styles_whose_new_prompts_encode_without_them(
+def test_with_graphs_no_style_is_said_to_encode_without_them_once_text_encoders_fuse(
     settings: Settings, unet_and_text_styles: StyleBook, caplog: pytest.LogCaptureFixture
 ) -> None:
     pipes = load_pipelines(settings)
     pipes.styles = StyleAdapters.load(pipes.text2img, unet_and_text_styles)
     with caplog.at_level(logging.INFO, logger="bot.engine.service"):
-        fused_styles_for(settings, pipes, batch_images=2)
-        assert not [record for record in caplog.records if "CUDA graphs" in record.getMessage()]
-        fused_styles_for(settings, pipes, batch_images=2, capture=RerunCapture())
-    [line] = [record.getMessage() for record in caplog.records if "CUDA graphs" in record.getMessage()]
-    assert line.endswith(": pencil")
+        styles = fused_styles_for(settings, pipes, batch_images=2, capture=RerunCapture())
+    assert styles.fused_encoders.adapters == {"pencil"} and not styles.peft_text_adapters
+    assert not [record for record in caplog.records if "without CUDA graphs" in record.getMessage()]
 
 
 def test_load_engine_freezes_the_loaded_heap(settings: Settings) -> None:
