@@ -164,16 +164,27 @@ class FusedStyles:
             self._unfused = _task_pipelines_over(pipes, peft_unet, **self.plain_encoders)
 
     @classmethod
-    def of(cls, eager: Pipelines, *, fuse: bool, capture: Capture | None = None, max_prompts: int = 1) -> FusedStyles:
-        """For the eager pipelines; `fuse`: a fused UNet, and fused text encoders where styles adapt those, too
-        (they take memory); `capture`: both UNets replay graphs for batches of one image, and the text encoders
-        for up to `max_prompts` new prompts at once (bot.engine.cuda_graphs)."""
+    def of(
+        cls,
+        eager: Pipelines,
+        *,
+        fuse: bool,
+        fuse_text_encoders: bool = True,
+        capture: Capture | None = None,
+        max_prompts: int = 1,
+    ) -> FusedStyles:
+        """For the eager pipelines; `fuse`: a fused UNet, and with `fuse_text_encoders` fused text encoders where
+        styles adapt those, too (they take memory); `capture`: both UNets replay graphs for batches of one image,
+        and the text encoders for up to `max_prompts` new prompts at once (bot.engine.cuda_graphs)."""
         unet = eager.text2img.unet
         plain_unet = adapter_free_twin(unet)
         encoders = {name: getattr(eager.text2img, name) for name in TEXT_ENCODERS}
         plain_encoders = {name: adapter_free_twin(encoder) for name, encoder in encoders.items()}
         fused = FusedModel(unet) if fuse else None
-        fused_texts = {name: FusedModel(encoder) for name, encoder in encoders.items() if fuse and adapters_in(encoder)}
+        fuse_texts = fuse and fuse_text_encoders
+        fused_texts = {
+            name: FusedModel(encoder) for name, encoder in encoders.items() if fuse_texts and adapters_in(encoder)
+        }
         fused_unet = None
         fused_text_encoders = {name: encoder.model for name, encoder in fused_texts.items()}
         if capture is not None:
@@ -250,10 +261,9 @@ def fused_weight_bytes(model: torch.nn.Module) -> int:
     return sum(layer.get_base_layer().weight.nbytes for _, layer in _adapted_layers(model))
 
 
-def fused_styles_bytes(pipe: DiffusionPipeline) -> int:
-    """The memory `FusedStyles.of(..., fuse=True)` takes for `pipe`'s models: the fused UNet's own weights, and
-    those of the fused text encoders where styles adapt them."""
-    return sum(fused_weight_bytes(getattr(pipe, name)) for name in ("unet", *TEXT_ENCODERS))
+def fused_text_encoder_bytes(pipe: DiffusionPipeline) -> int:
+    """The memory the fused text encoders take for `pipe`'s: the adapted weights of those that styles adapt."""
+    return sum(fused_weight_bytes(getattr(pipe, name)) for name in TEXT_ENCODERS)
 
 
 def fusable_adapters(model: torch.nn.Module) -> frozenset[str]:

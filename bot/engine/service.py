@@ -22,7 +22,7 @@ from bot.engine.compile_cache import use_compile_cache
 from bot.engine.compiled import CompiledTwins
 from bot.engine.cuda_graphs import Capture, cuda_graph_capture
 from bot.engine.executor import BatchRunner, Executor, JobQueue
-from bot.engine.fused_styles import FusedStyles, fusable_adapters, fused_styles_bytes
+from bot.engine.fused_styles import FusedStyles, fusable_adapters, fused_text_encoder_bytes, fused_weight_bytes
 from bot.engine.generation import generate, render, warm_up
 from bot.engine.pipelines import Pipelines, PromptRules, load_pipelines
 from bot.engine.requests import bucket_sizes
@@ -114,27 +114,30 @@ def fused_styles_for(
     settings: Settings, pipes: Pipelines, batch_images: int, capture: Capture | None = None
 ) -> FusedStyles | None:
     """UNets without peft's adapter layers (bot.engine.fused_styles), where styles brought adapter layers or
-    batches of one replay graphs made by `capture`: the adapter-free twin costs no memory, and the fused UNet only
-    where its own weights leave batches of `batch_images` their room, since it makes styled batches faster and
-    must not make every batch smaller."""
+    batches of one replay graphs made by `capture`: the adapter-free twin costs no memory, and the fused UNet (and
+    text encoders) only where their own weights leave batches of `batch_images` their room, since they make styled
+    batches faster and must not make every batch smaller."""
     unet = pipes.text2img.unet
     if not tuner_layers(unet) and capture is None:
         return None
-    fuse = bool(fusable_adapters(unet))
-    fused_gib = fused_styles_bytes(pipes.text2img) / GIB
+    unet_gib = fused_weight_bytes(unet) / GIB
+    text_gib = fused_text_encoder_bytes(pipes.text2img) / GIB
+    fuse, fuse_text = bool(fusable_adapters(unet)), True
     if fuse and pipes.device.type == "cuda":
-        free_bytes, _total = torch.cuda.mem_get_info(pipes.device)
-        fuse = room_beside_batches(settings, batch_images, free_gib=free_bytes / GIB, needed_gib=fused_gib)
-        if not fuse:
+        free_gib = torch.cuda.mem_get_info(pipes.device)[0] / GIB
+        fuse, fuse_text = what_to_fuse(settings, batch_images, free_gib=free_gib, unet_gib=unet_gib, text_gib=text_gib)
+        if not fuse_text:
             log.info(
-                "styles compute their LoRAs in adapter layers: fusing them needs %.2f GiB, which batches of %d "
+                "styles compute their LoRAs in adapter layers%s: fusing them needs %.2f GiB, which batches of %d "
                 "images need",
-                fused_gib,
+                " in the text encoders" if fuse else "",
+                text_gib + (0 if fuse else unet_gib),
                 batch_images,
             )
     if fuse:
-        log.info("styles' LoRAs are fused into %.2f GiB of UNet and text encoder weights of their own", fused_gib)
-    styles = FusedStyles.of(pipes, fuse=fuse, capture=capture, max_prompts=batch_images)
+        fused_gib = unet_gib + (text_gib if fuse_text else 0)
+        log.info("styles' LoRAs are fused into %.2f GiB of weights of their own", fused_gib)
+    styles = FusedStyles.of(pipes, fuse=fuse, fuse_text_encoders=fuse_text, capture=capture, max_prompts=batch_images)
     if capture is not None and styles.peft_text_adapters:
         # Said once at start, so that a server owner knows why these styles answer a new prompt more slowly
         log.info(
@@ -143,6 +146,16 @@ def fused_styles_for(
             ", ".join(sorted(styles.peft_text_adapters)),
         )
     return styles
+
+
+def what_to_fuse(
+    settings: Settings, batch_images: int, *, free_gib: float, unet_gib: float, text_gib: float
+) -> tuple[bool, bool]:
+    """Whether the fused UNet, and then the fused text encoders beside it, leave batches their room. The UNet
+    comes first: every LoRA style adapts it, and it runs every step, where the text encoders run once for a new
+    prompt."""
+    fuse = room_beside_batches(settings, batch_images, free_gib=free_gib, needed_gib=unet_gib)
+    return fuse, fuse and room_beside_batches(settings, batch_images, free_gib=free_gib, needed_gib=unet_gib + text_gib)
 
 
 def graph_capture_for(settings: Settings, device: torch.device) -> Capture | None:

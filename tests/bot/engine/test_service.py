@@ -21,6 +21,7 @@ from bot.engine.service import (
     load_engine,
     open_engine,
     room_beside_batches,
+    what_to_fuse,
 )
 from bot.settings import Settings
 from bot.styles import StyleBook
@@ -72,6 +73,18 @@ def test_styles_are_fused_only_where_the_batches_keep_their_room(
     # 0.81 GiB of weights.
     at_1024 = settings.model_copy(update={"base_resolution": 1024})
     assert room_beside_batches(at_1024, batch_images, free_gib=free_gib, needed_gib=0.81) is expected
+
+
+@pytest.mark.parametrize(
+    ("free_gib", "expected"), [(17.3, (True, True)), (17.0, (True, False)), (16.5, (False, False))]
+)
+def test_the_text_encoders_fuse_only_where_the_fused_unet_leaves_room_for_them_too(
+    settings: Settings, free_gib: float, expected: tuple[bool, bool]
+) -> None:
+    # As above, batches of 6 images at 1024x1024: 16 GiB; SSD-1B's UNet 0.81 GiB, its text encoders 0.45 GiB
+    at_1024 = settings.model_copy(update={"base_resolution": 1024})
+    fits = what_to_fuse(at_1024, 6, free_gib=free_gib, unet_gib=0.81, text_gib=0.45)
+    assert fits == expected
 
 
 def test_load_engine_fuses_lora_styles_only(settings: Settings, loras, tmp_path) -> None:
