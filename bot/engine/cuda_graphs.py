@@ -233,10 +233,24 @@ def agree(reference: Any, candidate: Any, tolerance: float = AGREEMENT) -> bool:
 
 
 def graphed_twin(
-    module: torch.nn.Module, capture: Capture, *, batch_sizes: Collection[int] = GRAPHED_BATCH_SIZES
+    module: torch.nn.Module,
+    capture: Capture,
+    *,
+    batch_sizes: Collection[int] = GRAPHED_BATCH_SIZES,
+    keep: Callable[[Any], Any] | None = None,
 ) -> torch.nn.Module:
     """A twin of `module` (sharing every weight) whose batches of `batch_sizes` replay graphs. Nothing may copy
-    the twin: its forward is an attribute of its own, bound to it."""
+    the twin: its forward is an attribute of its own, bound to it. `keep` picks what the twin returns of
+    `module`'s output, eager or replayed: a graph holds only those outputs, and its other tensors' memory goes
+    back to the pool."""
     twin = weight_sharing_twin(module)
-    twin.forward = GraphedForward(twin.forward, capture, batch_sizes=batch_sizes)
+    forward = twin.forward if keep is None else _keeping(twin.forward, keep)
+    twin.forward = GraphedForward(forward, capture, batch_sizes=batch_sizes)
     return twin
+
+
+def _keeping(forward: Callable[..., Any], keep: Callable[[Any], Any]) -> Callable[..., Any]:
+    def kept(*args: Any, **kwargs: Any) -> Any:
+        return keep(forward(*args, **kwargs))
+
+    return kept

@@ -50,6 +50,7 @@ from bot.engine.adapters import adapter_of, adapters_in, held_adapters, tuner_la
 from bot.engine.cuda_graphs import Capture, GraphedForward, graphed_twin
 from bot.engine.pipelines import TEXT_ENCODERS, Pipelines, ServedXLPipeline, pipeline_over, task_pipelines
 from bot.engine.requests import Kind
+from bot.engine.text_embeddings import conditioning_only
 from bot.engine.weight_sharing import weight_sharing_twin
 from bot.styles import Style, StyleBook
 
@@ -191,7 +192,10 @@ class FusedStyles:
             prompts = range(1, max_prompts + 1)
 
             def graphed(served: dict[str, torch.nn.Module]) -> dict[str, torch.nn.Module]:
-                return {name: graphed_twin(encoder, capture, batch_sizes=prompts) for name, encoder in served.items()}
+                return {
+                    name: graphed_twin(encoder, capture, batch_sizes=prompts, keep=conditioning_only)
+                    for name, encoder in served.items()
+                }
 
             plain_unet = graphed_twin(plain_unet, capture)
             plain_encoders, fused_text_encoders = graphed(plain_encoders), graphed(fused_text_encoders)

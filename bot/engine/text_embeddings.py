@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 from diffusers import StableDiffusionXLPipeline
+from transformers.utils import ModelOutput
 
 CacheKey = tuple[str, str | None, str | None]  # prompt, negative (when used), style variant
 DEFAULT_CAPACITY = 64  # about 20 MB of half-precision embeddings at SDXL's sizes
@@ -114,6 +115,18 @@ def encode_texts(pipe: StableDiffusionXLPipeline, texts: Sequence[str]) -> tuple
         hidden_states.append(output.hidden_states[-2])
     pooled = output[0]  # the second encoder's projection
     return torch.cat(hidden_states, dim=-1).to(dtype=pipe.text_encoder_2.dtype, device=device), pooled
+
+
+def conditioning_only(output: ModelOutput) -> ModelOutput:
+    """A text encoder's `output` with only what `encode_texts` reads of it: its first value and its next-to-last
+    hidden state, the other hidden states dropped (None in their places). A CUDA graph of the encoder that returns
+    this keeps 2 tensors instead of 15 or 35, which every replay copies out, and the memory of the others goes
+    back to the graphs' pool: for SSD-1B's encoders, graphs of 1 to 8 prompts hold 15 MiB instead of 287."""
+    hidden_states = output.hidden_states
+    penultimate = len(hidden_states) - 2
+    first = next(iter(output.keys()))
+    kept = tuple(state if index == penultimate else None for index, state in enumerate(hidden_states))
+    return type(output)(**{first: output[first]}, hidden_states=kept)
 
 
 def _encode(pipe: StableDiffusionXLPipeline, keys: list[CacheKey], *, with_negative: bool) -> dict[CacheKey, Embedding]:

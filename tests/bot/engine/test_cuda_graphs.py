@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils import _pytree as pytree
 
 from bot.engine import cuda_graphs
 from bot.engine.adapters import StyleAdapters
-from bot.engine.cuda_graphs import GraphedForward, agree
+from bot.engine.cuda_graphs import GraphedForward, agree, graphed_twin
 from bot.engine.fused_styles import FusedStyles
 from bot.engine.generation import generate, warm_up
 from bot.engine.pipelines import Pipelines, load_pipelines
@@ -41,6 +42,18 @@ def test_a_replay_computes_from_the_call_s_inputs_and_hands_out_copies() -> None
     assert torch.equal(first, torch.full((1, 3), 3.0))
     assert torch.equal(second, torch.full((1, 3), 5.0))  # not overwritten by the third call's replay
     assert torch.equal(third, torch.full((1, 3), 7.0))
+
+
+def test_a_twin_that_keeps_part_of_its_output_is_graphed_with_that_part_alone() -> None:
+    capture = RerunCapture()
+    halves = torch.nn.Linear(3, 4)
+    twin = graphed_twin(halves, capture, keep=lambda output: output[:, :2])
+    for value in (1.0, 2.0):
+        x = torch.full((1, 3), value)
+        with torch.no_grad():
+            assert torch.equal(twin(x), halves(x)[:, :2])
+    [graph] = capture.graphs
+    assert graph.outputs.shape == (1, 2) and graph.replays == 1
 
 
 def test_each_signature_has_a_graph_of_its_own() -> None:
@@ -268,6 +281,23 @@ def test_a_new_prompt_alone_is_encoded_by_replaying_the_text_encoders_graphs(pip
         assert all(torch.equal(mine, theirs) for mine, theirs in zip(ours, eager, strict=True)), prompt
     assert graphed.text_encoder.forward.graphs == graphed.text_encoder_2.forward.graphs == 1
     assert len(capture.graphs) == 2 and capture.replays > 0
+
+
+def test_a_text_encoder_s_graph_keeps_only_what_encoding_reads(pipes: Pipelines) -> None:
+    capture = RerunCapture()
+    graphed = with_graphs(pipes, capture).for_kind(Kind.IMAGINE)
+    ours, eager = encoded(graphed, "a fox"), encoded(pipes.text2img, "a fox")  # captures, then replays
+    assert all(torch.equal(mine, theirs) for mine, theirs in zip(ours, eager, strict=True))
+    ids = torch.zeros(1, graphed.tokenizer.model_max_length, dtype=torch.long)
+    full = pipes.text2img.text_encoder(ids, output_hidden_states=True)
+    assert len(tensors(full)) == len(full.hidden_states) + 2 == 5  # each layer's hidden state, and 2 more
+    assert len(capture.graphs) == 2  # one per text encoder
+    for graph in capture.graphs:
+        assert len(tensors(graph.outputs)) == 2  # the first output and the next-to-last hidden state
+
+
+def tensors(tree: object) -> list[torch.Tensor]:
+    return [leaf for leaf in pytree.tree_leaves(tree) if isinstance(leaf, torch.Tensor)]
 
 
 def test_new_prompts_are_encoded_by_graphs_up_to_the_batch_size(pipes: Pipelines) -> None:
