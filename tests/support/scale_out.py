@@ -7,7 +7,9 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import redis
@@ -57,6 +59,17 @@ class Workers:
         self.processes: list[subprocess.Popen] = []
 
     def start(self) -> subprocess.Popen:
+        """A new worker, once it answers Celery's ping (with every other running worker)."""
+        process = self.launch()
+        expected = sum(1 for running in self.processes if running.poll() is None)
+        deadline = time.monotonic() + 120
+        while len(self.app.control.ping(timeout=0.5)) < expected:
+            assert process.poll() is None, "the worker exited at start"
+            assert time.monotonic() < deadline, "the worker did not come up"
+        return process
+
+    def launch(self) -> subprocess.Popen:
+        """A new worker process, without waiting for it: it connects to Redis whenever Redis is there."""
         environment = {
             **os.environ,
             "PYTHONPATH": str(REPOSITORY),
@@ -68,12 +81,28 @@ class Workers:
         environment["LIMIT_EXEMPT_ROLES"] = "[]"
         process = subprocess.Popen([sys.executable, "-m", "bot", "worker"], cwd=REPOSITORY, env=environment)
         self.processes.append(process)
-        expected = sum(1 for running in self.processes if running.poll() is None)
-        deadline = time.monotonic() + 120
-        while len(self.app.control.ping(timeout=0.5)) < expected:
-            assert process.poll() is None, "the worker exited at start"
-            assert time.monotonic() < deadline, "the worker did not come up"
         return process
+
+    @contextlib.contextmanager
+    def restarted_when_they_exit(self) -> Iterator[None]:
+        """Start a new worker for each that exits, as the compose file's `restart: unless-stopped` does. Celery's
+        Redis transport can fail to close its channel when Redis goes away mid-task, and then the worker exits
+        ("Unrecoverable error"); its supervisor brings it back, and the jobs the bot sends again reach it."""
+        stop = threading.Event()
+
+        def supervise() -> None:
+            while not stop.wait(0.2):
+                for process in [process for process in self.processes if process.poll() is not None]:
+                    self.processes.remove(process)
+                    self.launch()
+
+        supervisor = threading.Thread(target=supervise, name="worker-supervisor", daemon=True)
+        supervisor.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            supervisor.join()
 
     def close(self) -> None:
         for process in self.processes:

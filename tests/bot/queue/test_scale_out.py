@@ -114,11 +114,12 @@ async def test_redis_restarting_mid_run_loses_nothing(
         for n in range(6)
     ]
     await asyncio.sleep(0.3)
-    redis_server.stop()  # without persistence: every message and result in it is gone
-    more = remote.submit(check_inputs(Kind.IMAGINE, "while redis is down", buckets=buckets, steps=1), user_id=9)
-    await asyncio.sleep(2)
-    redis_server.start()
-    results = await asyncio.wait_for(asyncio.gather(*(job.result() for job in [*jobs, more])), 240)
+    with workers.restarted_when_they_exit():  # as the compose file's restart policy does
+        redis_server.stop()  # without persistence: every message and result in it is gone
+        more = remote.submit(check_inputs(Kind.IMAGINE, "while redis is down", buckets=buckets, steps=1), user_id=9)
+        await asyncio.sleep(2)
+        redis_server.start()
+        results = await asyncio.wait_for(asyncio.gather(*(job.result() for job in [*jobs, more])), 240)
     assert [len(result.images) for result in results] == [1] * 7
 
 
