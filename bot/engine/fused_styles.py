@@ -217,10 +217,14 @@ class FusedStyles:
         return self.fused.adapters if self.fused is not None else frozenset()
 
     @property
+    def text_fused_adapters(self) -> frozenset[str]:
+        """The adapters that the fused text encoders hold."""
+        return self.fused_encoders.adapters if self.fused_encoders is not None else frozenset()
+
+    @property
     def peft_text_adapters(self) -> frozenset[str]:
         """The adapters whose styles encode new prompts through peft's adapter layers in the text encoders."""
-        text_fused = self.fused_encoders.adapters if self.fused_encoders is not None else frozenset()
-        return self.text_adapters - (self.adapters & text_fused)
+        return self.text_adapters - (self.adapters & self.text_fused_adapters)
 
     def graphed_style(self, book: StyleBook) -> Style | None:
         """A style of `book` whose batches of one replay the fused UNet's graphs, which serve every fused style
@@ -229,8 +233,7 @@ class FusedStyles:
         if self.fused is None or not isinstance(self._fused[Kind.IMAGINE].unet.forward, GraphedForward):
             return None
         fused = [style for style in book if adapter_of(style) in self.fused.adapters]
-        text_fused = self.fused_encoders.adapters if self.fused_encoders is not None else frozenset()
-        return min(fused, key=lambda style: adapter_of(style) not in text_fused, default=None)
+        return min(fused, key=lambda style: adapter_of(style) not in self.text_fused_adapters, default=None)
 
     def pipeline(self, kind: Kind, style: Style | None) -> DiffusionPipeline | None:
         """The task's pipeline for a batch in `style`; None when `pipes`' own must run it, with peft's layers in
@@ -244,7 +247,7 @@ class FusedStyles:
             self.fused.fuse(adapter, style.weight)
             if not adapts_text:
                 return self._fused[kind]
-            if self.fused_encoders is not None and adapter in self.fused_encoders.adapters:
+            if adapter in self.text_fused_adapters:
                 self.fused_encoders.fuse(adapter, style.weight)
                 return self._fused_text[kind]
             return self._fused_with_text_adapters[kind]
