@@ -51,7 +51,14 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
-from diffusers import AutoencoderKL, AutoencoderTiny, LCMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    AutoencoderTiny,
+    LCMScheduler,
+    StableDiffusionXLImg2ImgPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
@@ -254,9 +261,10 @@ def measure_plain(bench: Bench, plain: StableDiffusionXLPipeline, buckets, reque
 
 
 def check_scheduler_pictures(bench: Bench, ours: Pipelines, buckets) -> None:
-    """Whether our LCM scheduler (bot.engine.scheduler) paints diffusers' latents to the bit, and whether a seed
-    paints the same latents after a remix as before it, with either scheduler. Only a GPU can tell: there, how an
-    operand is rounded depends on whether it is a CPU scalar or a GPU tensor; on a CPU both round alike."""
+    """Whether our LCM scheduler (bot.engine.scheduler) and pipelines (their starting noise and conditioning,
+    bot.engine.pipelines) paint diffusers' latents to the bit, and whether a seed paints the same latents after a
+    remix as before it, with either. Only a GPU can tell: there, how an operand is rounded depends on whether it is
+    a CPU scalar or a GPU tensor; on a CPU both round alike."""
     width, height = buckets["1:1"]
     common = {"num_inference_steps": STEPS, "guidance_scale": 1.0, "width": width, "height": height}
 
@@ -269,17 +277,23 @@ def check_scheduler_pictures(bench: Bench, ours: Pipelines, buckets) -> None:
 
     starting = torch.randn(1, 4, height // 8, width // 8, generator=torch.Generator().manual_seed(2))
     painted = {}
-    for name, scheduler_class in (("our", type(ours.text2img.scheduler)), ("diffusers'", LCMScheduler)):
+    kinds = (
+        ("ours", type(ours.text2img.scheduler), type(ours.text2img), type(ours.img2img)),
+        ("diffusers'", LCMScheduler, StableDiffusionXLPipeline, StableDiffusionXLImg2ImgPipeline),
+    )
+    for name, scheduler_class, text2img_class, img2img_class in kinds:
         scheduler = scheduler_class.from_config(ours.text2img.scheduler.config)
-        text2img = pipeline_over(type(ours.text2img), ours.text2img, scheduler=scheduler)
-        img2img = pipeline_over(type(ours.img2img), ours.text2img, scheduler=scheduler)
+        text2img = pipeline_over(text2img_class, ours.text2img, scheduler=scheduler)
+        img2img = pipeline_over(img2img_class, ours.text2img, scheduler=scheduler)
         for pipe in (text2img, img2img):
             pipe.set_progress_bar_config(disable=True)
         painted[name] = before = seeded(text2img)
-        bench.record(f"{name} scheduler: a seed painted twice", "executor", compared(before, seeded(text2img)))
+        bench.record(f"{name}: a seed painted twice", "executor", compared(before, seeded(text2img)))
         seeded(img2img, image=starting.to(ours.device, ours.dtype), strength=0.5)
-        bench.record(f"{name} scheduler: a seed after a remix", "executor", compared(before, seeded(text2img)))
-    bench.record("our scheduler against diffusers'", "executor", compared(painted["our"], painted["diffusers'"]))
+        bench.record(f"{name}: a seed after a remix", "executor", compared(before, seeded(text2img)))
+    bench.record(
+        "ours against diffusers' (pipelines, scheduler)", "executor", compared(painted["ours"], painted["diffusers'"])
+    )
 
 
 def eight_images(buckets) -> list[GenerationRequest]:

@@ -25,6 +25,7 @@ from diffusers import (
 from transformers import CLIPTokenizer
 
 from bot.engine.adapters import StyleAdapters
+from bot.engine.host_copies import Generators, draw_noise, to_device_without_waiting
 from bot.engine.requests import Kind
 from bot.engine.scheduler import ServedLCMScheduler
 from bot.engine.text_embeddings import TextEmbeddingCache
@@ -59,16 +60,60 @@ class _RunsOnTheUNetsDevice:
         return next(self.unet.parameters()).device
 
 
-class ServedXLPipeline(_RunsOnTheUNetsDevice, StableDiffusionXLPipeline):
-    """Text to image, as diffusers runs it, on the UNet's device."""
+class _QueuesItsConditioningWithoutWaiting:
+    """diffusers builds the added time ids and the guidance embedding on the CPU and copies them to the GPU from
+    pageable memory, once a call, just before the first UNet step: each copy makes the host wait until the GPU
+    has encoded a new prompt, and the GPU then idles through the host's Python up to that step. They go through
+    pinned memory instead (bot.engine.host_copies); the values are the same."""
+
+    def _get_add_time_ids(self, *args: object, **kwargs: object) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        time_ids = super()._get_add_time_ids(*args, **kwargs)  # image to image and inpainting: (positive, negative)
+        if isinstance(time_ids, tuple):
+            return tuple(to_device_without_waiting(ids, self._execution_device) for ids in time_ids)
+        return to_device_without_waiting(time_ids, self._execution_device)
+
+    def get_guidance_scale_embedding(
+        self, w: torch.Tensor, embedding_dim: int = 512, dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
+        embedding = super().get_guidance_scale_embedding(w, embedding_dim, dtype)
+        return to_device_without_waiting(embedding, self._execution_device)
 
 
-class ServedXLImg2ImgPipeline(_RunsOnTheUNetsDevice, StableDiffusionXLImg2ImgPipeline):
-    """Image to image, as diffusers runs it, on the UNet's device."""
+class ServedXLPipeline(_RunsOnTheUNetsDevice, _QueuesItsConditioningWithoutWaiting, StableDiffusionXLPipeline):
+    """Text to image, as diffusers runs it, on the UNet's device, its starting noise and conditioning queued
+    without waiting for the GPU."""
+
+    def prepare_latents(
+        self,
+        batch_size: int,
+        num_channels_latents: int,
+        height: int,
+        width: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        generator: Generators,
+        latents: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """diffusers' starting noise, the images' seeded noise drawn as its `randn_tensor` draws it, but not copied
+        from pageable memory (see `_QueuesItsConditioningWithoutWaiting`)."""
+        if latents is None:
+            shape = (batch_size, num_channels_latents, height // self.vae_scale_factor, width // self.vae_scale_factor)
+            latents = draw_noise(shape, generator, torch.device(device), dtype)
+        return super().prepare_latents(
+            batch_size, num_channels_latents, height, width, dtype, device, generator, latents
+        )
 
 
-class ServedXLInpaintPipeline(_RunsOnTheUNetsDevice, StableDiffusionXLInpaintPipeline):
-    """Inpainting, as diffusers runs it, on the UNet's device."""
+class ServedXLImg2ImgPipeline(
+    _RunsOnTheUNetsDevice, _QueuesItsConditioningWithoutWaiting, StableDiffusionXLImg2ImgPipeline
+):
+    """Image to image, as diffusers runs it, on the UNet's device, its conditioning queued without waiting."""
+
+
+class ServedXLInpaintPipeline(
+    _RunsOnTheUNetsDevice, _QueuesItsConditioningWithoutWaiting, StableDiffusionXLInpaintPipeline
+):
+    """Inpainting, as diffusers runs it, on the UNet's device, its conditioning queued without waiting."""
 
 
 @dataclass(frozen=True)

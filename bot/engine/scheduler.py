@@ -11,7 +11,7 @@ With the UNet replayed from CUDA graphs, the host then has nothing queued: the G
 step, diffusers' loop and the next replay's input copies. `ServedLCMScheduler` computes the same step from what
 the host already holds: it keeps the timesteps as Python ints beside the GPU copy that the pipelines iterate
 (the SDXL pipelines set the begin index, so no step looks its index up). Noise travels from pinned memory,
-without a wait.
+without a wait (bot.engine.host_copies).
 
 Every operand keeps the kind it has in diffusers' step: the alphas are CPU scalars, and c_skip and c_out are GPU
 tensors computed from the GPU's timestep. The kind decides the rounding. CUDA's elementwise kernels (PyTorch's
@@ -28,9 +28,8 @@ from __future__ import annotations
 import torch
 from diffusers import LCMScheduler
 from diffusers.schedulers.scheduling_lcm import LCMSchedulerOutput
-from diffusers.utils.torch_utils import randn_tensor
 
-Generators = torch.Generator | list[torch.Generator] | None
+from bot.engine.host_copies import Generators, draw_noise, to_device_without_waiting
 
 
 class ServedLCMScheduler(LCMScheduler):
@@ -80,7 +79,7 @@ class ServedLCMScheduler(LCMScheduler):
         denoised = c_out * predicted_original_sample + c_skip * sample
 
         if index != self.num_inference_steps - 1:  # the last step adds no noise
-            noise = _noise_like(model_output, generator, denoised.dtype)
+            noise = draw_noise(model_output.shape, generator, model_output.device, denoised.dtype)
             prev_sample = alpha_prod_t_prev.sqrt() * denoised + beta_prod_t_prev.sqrt() * noise
         else:
             prev_sample = denoised
@@ -98,20 +97,3 @@ class ServedLCMScheduler(LCMScheduler):
             return super().add_noise(original_samples, noise, timesteps)
         finally:
             self.alphas_cumprod = table
-
-
-def to_device_without_waiting(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """`tensor` on `device`. From the CPU to a GPU it goes through pinned memory, so that the host does not wait
-    for the GPU's queued work; torch's host allocator keeps the pinned block until the copy is done."""
-    if tensor.device.type == "cpu" and device.type == "cuda":
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device)
-
-
-def _noise_like(model_output: torch.Tensor, generator: Generators, dtype: torch.dtype) -> torch.Tensor:
-    """The noise diffusers' step draws: from each image's generator, on the generators' device (the bot's are on
-    the CPU, so that a seed paints the same picture on any card), then moved to the model output's."""
-    first = generator[0] if isinstance(generator, list) else generator
-    drawn_on = torch.device("cpu") if first is not None and first.device.type == "cpu" else model_output.device
-    drawn = randn_tensor(model_output.shape, generator=generator, device=drawn_on, dtype=dtype)
-    return to_device_without_waiting(drawn, model_output.device)

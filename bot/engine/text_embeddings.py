@@ -22,6 +22,8 @@ import torch
 from diffusers import StableDiffusionXLPipeline
 from transformers.utils import ModelOutput
 
+from bot.engine.host_copies import to_device_without_waiting
+
 CacheKey = tuple[str, str | None, str | None]  # prompt, negative (when used), style variant
 DEFAULT_CAPACITY = 64  # about 20 MB of half-precision embeddings at SDXL's sizes
 
@@ -100,7 +102,9 @@ class TextEmbeddingCache:
 @torch.no_grad()  # with autograd on, each cached row would keep both encoders' activations alive (GiB per cache)
 def encode_texts(pipe: StableDiffusionXLPipeline, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """SDXL's conditioning for each text: both encoders' next-to-last hidden states side by side, in the second
-    encoder's dtype on the pipeline's device, and the second encoder's pooled projection."""
+    encoder's dtype on the pipeline's device, and the second encoder's pooled projection. The token ids go to
+    the GPU without waiting (bot.engine.host_copies): a plain copy would wait for the first encoder to finish
+    before the host could queue the second."""
     device = pipe._execution_device
     hidden_states = []
     for tokenizer, encoder in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)):
@@ -111,7 +115,7 @@ def encode_texts(pipe: StableDiffusionXLPipeline, texts: Sequence[str]) -> tuple
             truncation=True,
             return_tensors="pt",
         ).input_ids
-        output = encoder(ids.to(device), output_hidden_states=True)
+        output = encoder(to_device_without_waiting(ids, device), output_hidden_states=True)
         hidden_states.append(output.hidden_states[-2])
     pooled = output[0]  # the second encoder's projection
     return torch.cat(hidden_states, dim=-1).to(dtype=pipe.text_encoder_2.dtype, device=device), pooled

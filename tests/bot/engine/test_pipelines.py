@@ -4,6 +4,7 @@ import pytest
 import torch
 from diffusers import AutoencoderTiny
 
+from bot.engine import host_copies
 from bot.engine.pipelines import ModelUnavailable, Pipelines, load_pipelines, resolve_dtype, vae_dtype
 from bot.engine.scheduler import ServedLCMScheduler
 from bot.settings import Settings
@@ -98,3 +99,57 @@ def test_dtypes_follow_the_device() -> None:
     assert resolve_dtype("bfloat16", cuda) == torch.bfloat16
     assert vae_dtype(cpu, torch.float32, fp16_safe_vae=False) == torch.float32
     assert vae_dtype(cuda, torch.float16, fp16_safe_vae=True) == torch.float16
+
+
+def test_conditioning_reaches_the_device_before_diffusers_copies_it(
+    pipes: Pipelines, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """diffusers copies the added time ids and guidance embedding from pageable memory, which waits for the GPU;
+    ours come out on the UNet's device already (through pinned memory on a GPU). The meta device stands in for a
+    GPU."""
+    meta = torch.device("meta")
+    for pipe in (pipes.text2img, pipes.img2img, pipes.inpaint):
+        monkeypatch.setattr(type(pipe), "_execution_device", property(lambda self: meta))
+    projection = pipes.text2img.text_encoder_2.config.projection_dim
+    size, corner = (64, 64), (0, 0)
+    time_ids = [
+        pipes.text2img._get_add_time_ids(
+            size, corner, size, dtype=torch.float32, text_encoder_projection_dim=projection
+        )
+    ]
+    for pipe in (pipes.img2img, pipes.inpaint):  # (positive, negative) with aesthetic scores
+        time_ids += pipe._get_add_time_ids(
+            size,
+            corner,
+            size,
+            6.0,
+            2.5,
+            size,
+            corner,
+            size,
+            dtype=torch.float32,
+            text_encoder_projection_dim=projection,
+        )
+    guidance = [
+        pipe.get_guidance_scale_embedding(torch.tensor([7.0]), embedding_dim=8)
+        for pipe in (pipes.text2img, pipes.img2img, pipes.inpaint)
+    ]
+    assert len(time_ids) == 5
+    assert all(tensor.device == meta for tensor in (*time_ids, *guidance))
+
+
+def test_starting_noise_is_drawn_on_the_host_and_queued_without_waiting(
+    pipes: Pipelines, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """diffusers' `randn_tensor` copies CPU generators' noise from pageable memory."""
+    queued: list[tuple[torch.device, tuple[int, ...]]] = []
+    queue = host_copies.to_device_without_waiting
+
+    def watched(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+        queued.append((tensor.device, tuple(tensor.shape)))
+        return queue(tensor, device)
+
+    monkeypatch.setattr(host_copies, "to_device_without_waiting", watched)
+    generators = [torch.Generator().manual_seed(seed) for seed in (1, 2)]
+    noise = pipes.text2img.prepare_latents(2, 4, 64, 64, torch.float32, torch.device("meta"), generators)
+    assert noise.device.type == "meta" and queued == [(torch.device("cpu"), (2, 4, 8, 8))]

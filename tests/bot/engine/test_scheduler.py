@@ -5,7 +5,12 @@ from contextlib import contextmanager
 
 import pytest
 import torch
-from diffusers import LCMScheduler
+from diffusers import (
+    LCMScheduler,
+    StableDiffusionXLImg2ImgPipeline,
+    StableDiffusionXLInpaintPipeline,
+    StableDiffusionXLPipeline,
+)
 from PIL import Image
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -13,7 +18,12 @@ from bot.engine.pipelines import Pipelines, pipeline_over
 from bot.engine.scheduler import ServedLCMScheduler
 
 SIZE = 64
-TASKS = ["text2img", "img2img", "inpaint"]
+STOCK_PIPELINES = {
+    "text2img": StableDiffusionXLPipeline,
+    "img2img": StableDiffusionXLImg2ImgPipeline,
+    "inpaint": StableDiffusionXLInpaintPipeline,
+}
+TASKS = list(STOCK_PIPELINES)
 
 
 def task_inputs(task: str) -> dict[str, object]:
@@ -44,10 +54,12 @@ def latents(pipe: object, task: str) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("task", TASKS)
-def test_each_task_denoises_as_diffusers_lcm_scheduler_does(pipes: Pipelines, task: str) -> None:
+def test_each_task_denoises_as_diffusers_pipeline_and_lcm_scheduler_do(pipes: Pipelines, task: str) -> None:
+    """Our scheduler, and the served pipelines' starting noise and conditioning (bot.engine.pipelines)."""
     served = getattr(pipes, task)
     assert isinstance(served.scheduler, ServedLCMScheduler)
-    reference = pipeline_over(type(served), served, scheduler=LCMScheduler.from_config(served.scheduler.config))
+    stock_scheduler = LCMScheduler.from_config(served.scheduler.config)
+    reference = pipeline_over(STOCK_PIPELINES[task], served, scheduler=stock_scheduler)
     assert torch.equal(latents(served, task), latents(reference, task))
 
 
