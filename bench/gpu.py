@@ -21,7 +21,8 @@ disk, with the compile cache this run filled (a restart). Then tiny+compiled: th
 compiled twins of its own. Last, when time is left, `bench.startup` with no compilation (time to the first image).
 On a GPU, a lone request and 8 images in one call also say how long the GPU computed in one of them ("GPU busy",
 from torch's profiler): the rest of its time the GPU waited on the host, on Python between kernels and host syncs.
-How many host syncs one such call made ("host waits") comes from torch's sync debug mode.
+How many host syncs one such call made ("host waits") comes from torch's sync debug mode. The stream runs once more
+under the profiler, for the share of its time in which the GPU computed ("stream, profiled").
 Random weights: speed and memory are real, the pictures are noise. Phases that would overrun `--budget` seconds are
 skipped and say so. `--targets` runs only plain and tiny+compiled, the bot's fastest settings, whose child compiles
 the tiny autoencoder too, and whose twins also serve the stream in batches of twice the bot's size: the issue's two
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -45,7 +47,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -135,6 +137,13 @@ def with_tiny_decoder(ours: Pipelines) -> Pipelines:
     return dataclasses.replace(ours, codec=LatentCodec(ours.codec.vae, ours.dtype, tiny), compiled=None)
 
 
+@dataclasses.dataclass
+class GpuBusy:
+    """Filled in when `Bench.watching_the_gpu` ends."""
+
+    seconds: float = float("nan")
+
+
 class Bench:
     """Timing helpers that respect the GPU's asynchrony, a table being filled in, and the time budget."""
 
@@ -163,12 +172,20 @@ class Bench:
         return statistics.median(times)
 
     def gpu_busy_seconds(self, run: Callable[[], object]) -> float:
-        """How long the GPU computed during one `run`: the union of the intervals of the kernels and copies that
-        torch's profiler records, those replayed from CUDA graphs included (not the annotations of compiled regions,
-        which span gaps too). Beside `run`'s time, the rest is what the GPU waited on the host: Python between
-        kernels, and host syncs, which only a GPU can tell."""
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as profiled:
+        """How long the GPU computed during one `run`. Beside `run`'s time, the rest is what the GPU waited on the
+        host: Python between kernels, and host syncs, which only a GPU can tell."""
+        busy = GpuBusy()
+        with self.watching_the_gpu([ProfilerActivity.CPU, ProfilerActivity.CUDA], busy):
             run()
+        return busy.seconds
+
+    @contextlib.contextmanager
+    def watching_the_gpu(self, activities: list[ProfilerActivity], busy: GpuBusy) -> Iterator[None]:
+        """How long the GPU computed within the block, into `busy` when it ends: the union of the intervals of
+        the kernels and copies that torch's profiler records, those replayed from CUDA graphs included (not the
+        annotations of compiled regions, which span gaps too)."""
+        with profile(activities=activities) as profiled:
+            yield
             self.sync()
         intervals = sorted(
             (event.time_range.start, event.time_range.end)
@@ -179,7 +196,7 @@ class Bench:
         for start, end in intervals:
             busy_us += max(0.0, end - max(start, reached))
             reached = max(reached, end)
-        return busy_us / 1e6
+        busy.seconds = busy_us / 1e6
 
     @staticmethod
     def host_waits(run: Callable[[], object]) -> int:
@@ -360,6 +377,35 @@ def run_stream(
     bench.record(f"{label}, images/s", column, f"{requests / timing.seconds:.2f}")
     bench.record(f"{label}, speed-up over plain", column, f"{bench.plain_stream_seconds / timing.seconds:.2f}x")
     bench.record(f"  {label}: batches, GPU thread busy", column, f"{timing.batches}, {timing.busy_share:.0%}")
+    if bench.device.type == "cuda" and label == "stream":
+        try:
+            record_stream_gpu_busy(
+                bench, run, column, buckets, requests=requests, users=users, batch=batch, warm_up=warm_up
+            )
+        except Exception as exc:  # said, and the rest of the table still gets its GPU time
+            print(f"profiled stream failed: {exc!r}", flush=True)
+
+
+def record_stream_gpu_busy(
+    bench: Bench,
+    run: BatchRunner,
+    column: str,
+    buckets,
+    *,
+    requests: int,
+    users: int,
+    batch: int,
+    warm_up: list[list[GenerationRequest]],
+) -> None:
+    """Of the stream's time, the share in which the GPU computed, from a second stream of new prompts under
+    torch's profiler (kernels and copies only, to disturb it least). Near 100 %, only faster kernels make the
+    stream faster; below, the GPU waits on the host: between batches, or within them."""
+    stream = stream_requests(buckets, requests, f"profiled stream {column}")
+    busy = GpuBusy()
+    watch = functools.partial(bench.watching_the_gpu, [ProfilerActivity.CUDA], busy)
+    timing = asyncio.run(time_stream(run, stream, users=users, batch_images=batch, warm_up=warm_up, watch=watch))
+    profiled = f"{requests / timing.seconds:.2f}, {busy.seconds / timing.seconds:.0%}"
+    bench.record("  stream, profiled: images/s, GPU busy", column, profiled)
 
 
 def measure_larger_batches(

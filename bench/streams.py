@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from prometheus_client import Histogram
@@ -36,11 +38,12 @@ async def time_stream(
     batch_images: int,
     png_workers: int | None = None,
     warm_up: Sequence[Sequence[GenerationRequest]] = (),
+    watch: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
 ) -> StreamTiming:
     """From submitting every request (user `index % users`) until the last result is encoded.
     `warm_up` runs first and off the clock, one batch (a group of requests) at a time, as the bot warms its
     long-lived GPU thread: cuDNN builds its plans per thread and shape, which cost a new thread about a second
-    per shape on an H100."""
+    per shape on an H100. `watch` wraps the timed part alone (`bench.gpu` profiles the GPU with it)."""
     executor = Executor(
         runner,
         model_name="bench",
@@ -54,10 +57,11 @@ async def time_stream(
     for batch in warm_up:
         await asyncio.gather(*(executor.submit(request, user_id=0).result() for request in batch))
     batches_before, busy_before = histogram_totals(executor.metrics.generation)
-    start = time.perf_counter()
-    jobs = [executor.submit(request, user_id=index % users) for index, request in enumerate(requests)]
-    await asyncio.gather(*(job.result() for job in jobs))
-    elapsed = time.perf_counter() - start
+    with watch():
+        start = time.perf_counter()
+        jobs = [executor.submit(request, user_id=index % users) for index, request in enumerate(requests)]
+        await asyncio.gather(*(job.result() for job in jobs))
+        elapsed = time.perf_counter() - start
     batches, busy = histogram_totals(executor.metrics.generation)
     await executor.close()
     return StreamTiming(elapsed, busy - busy_before, int(batches - batches_before))
