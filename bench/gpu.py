@@ -84,6 +84,7 @@ DEFAULT_CONFIGS = Path(__file__).resolve().parents[2] / "shared" / "model-config
 STREAM_ASPECTS = ("1:1", "16:9", "9:16", "4:3")
 STEPS = 4
 COLUMNS = ("plain", "executor", "tiny VAE", "+compiled", "tiny+compiled")
+PROFILED_STREAM_SECONDS = 60  # its warm-up, the stream, and reading the profiler's events, with room to spare
 
 
 def full_size_pipeline(configs: Path, device: torch.device, workdir: Path) -> StableDiffusionXLPipeline:
@@ -377,32 +378,22 @@ def run_stream(
     bench.record(f"{label}, images/s", column, f"{requests / timing.seconds:.2f}")
     bench.record(f"{label}, speed-up over plain", column, f"{bench.plain_stream_seconds / timing.seconds:.2f}x")
     bench.record(f"  {label}: batches, GPU thread busy", column, f"{timing.batches}, {timing.busy_share:.0%}")
-    if bench.device.type == "cuda" and label == "stream":
-        try:
-            record_stream_gpu_busy(
-                bench, run, column, buckets, requests=requests, users=users, batch=batch, warm_up=warm_up
-            )
-        except Exception as exc:  # said, and the rest of the table still gets its GPU time
-            print(f"profiled stream failed: {exc!r}", flush=True)
 
 
 def record_stream_gpu_busy(
-    bench: Bench,
-    run: BatchRunner,
-    column: str,
-    buckets,
-    *,
-    requests: int,
-    users: int,
-    batch: int,
-    warm_up: list[list[GenerationRequest]],
+    bench: Bench, ours: Pipelines, column: str, buckets, *, requests: int, users: int, batch: int
 ) -> None:
-    """Of the stream's time, the share in which the GPU computed, from a second stream of new prompts under
-    torch's profiler (kernels and copies only, to disturb it least). Near 100 %, only faster kernels make the
-    stream faster; below, the GPU waits on the host: between batches, or within them."""
+    """Of the stream's time, the share in which the GPU computed, from the stream run once more, with new
+    prompts, under torch's profiler (kernels and copies only, to disturb it least). Near 100 %, only faster
+    kernels make the stream faster; below, the GPU waits on the host: between batches, or within them."""
+    if bench.left() < PROFILED_STREAM_SECONDS:
+        print(f"skipped the profiled stream: {bench.left():.0f} s left", flush=True)
+        return
     stream = stream_requests(buckets, requests, f"profiled stream {column}")
+    warm_up = stream_warm_up(buckets, [1], split_count(batch))
     busy = GpuBusy()
     watch = functools.partial(bench.watching_the_gpu, [ProfilerActivity.CUDA], busy)
+    run = functools.partial(generate, ours)
     timing = asyncio.run(time_stream(run, stream, users=users, batch_images=batch, warm_up=warm_up, watch=watch))
     profiled = f"{requests / timing.seconds:.2f}, {busy.seconds / timing.seconds:.0%}"
     bench.record("  stream, profiled: images/s, GPU busy", column, profiled)
@@ -494,9 +485,10 @@ def measure_compiled(
     batch: int,
     fill_cache: Callable[[], bool] | None = None,
     twins_images: int | None = None,
-) -> None:
-    """Compile twins of `ours` in the background, then measure `ours` served by them. The twins serve batches of up
-    to `twins_images` (default `batch`): beyond them, the stream in larger batches runs eager."""
+) -> bool:
+    """Compile twins of `ours` in the background, then measure `ours` served by them; whether they compiled in
+    time. The twins serve batches of up to `twins_images` (default `batch`): beyond them, the stream in larger
+    batches runs eager."""
     twins_images = twins_images or batch
     compiled = bench.left() > 120 and compile_twins(bench, ours, column, buckets, twins_images, fill_cache=fill_cache)
     if compiled:
@@ -504,6 +496,7 @@ def measure_compiled(
         bench.record("batches served compiled", column, str(ours.compiled.batches_served))
     else:
         print(f"skipped {column}: {bench.left():.0f} s left", flush=True)
+    return compiled
 
 
 def compile_twins(
@@ -676,9 +669,15 @@ def main() -> None:
         graphed_beside_the_twins(tiny_decoded)
         # The twins serve the stream's larger batches too, as they would with MAX_BATCH_IMAGES at that size; the
         # child's batches stay the bot's, whose compiled graphs take any size above 1 (they are dynamic).
-        measure_compiled(
+        compiled = measure_compiled(
             bench, tiny_decoded, "tiny+compiled", buckets, args.requests, args.users, batch, fill_cache, 2 * batch
         )
+        if compiled and device.type == "cuda":
+            sizes = {"requests": args.requests, "users": args.users, "batch": batch}
+            try:
+                record_stream_gpu_busy(bench, tiny_decoded, "tiny+compiled", buckets, **sizes)
+            except Exception as exc:  # said, and the table still prints
+                print(f"profiled stream failed: {exc!r}", flush=True)
         bench.print_table()
         return
 
