@@ -107,7 +107,29 @@ class ServedXLPipeline(_RunsOnTheUNetsDevice, _QueuesItsConditioningWithoutWaiti
 class ServedXLImg2ImgPipeline(
     _RunsOnTheUNetsDevice, _QueuesItsConditioningWithoutWaiting, StableDiffusionXLImg2ImgPipeline
 ):
-    """Image to image, as diffusers runs it, on the UNet's device, its conditioning queued without waiting."""
+    """Image to image, as diffusers runs it, on the UNet's device, its noise and conditioning queued without
+    waiting for the GPU."""
+
+    def prepare_latents(
+        self,
+        image: torch.Tensor,
+        timestep: torch.Tensor,
+        batch_size: int,
+        num_images_per_prompt: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        generator: Generators = None,
+        add_noise: bool = True,
+    ) -> torch.Tensor:
+        """diffusers' starting latents: the image's, noised with noise drawn as its `randn_tensor` draws it, but not
+        copied from pageable memory, which would wait for the GPU to encode the image."""
+        latents = super().prepare_latents(
+            image, timestep, batch_size, num_images_per_prompt, dtype, device, generator, add_noise=False
+        )
+        if not add_noise:
+            return latents
+        noise = draw_noise(tuple(latents.shape), generator, torch.device(device), dtype)
+        return self.scheduler.add_noise(latents, noise, timestep)
 
 
 class ServedXLInpaintPipeline(

@@ -91,8 +91,10 @@ class ServedLCMScheduler(LCMScheduler):
     def add_noise(
         self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.IntTensor
     ) -> torch.Tensor:
-        """diffusers' noising, leaving the alphas table where it was (see the module's docstring)."""
+        """diffusers' noising, leaving the alphas table where it was (see the module's docstring). diffusers copies
+        it to the samples' device, from pageable memory: here it goes without waiting (bot.engine.host_copies)."""
         table = self.alphas_cumprod
+        self.alphas_cumprod = to_device_without_waiting(table, original_samples.device)
         try:
             return super().add_noise(original_samples, noise, timesteps)
         finally:

@@ -4,7 +4,7 @@ import pytest
 import torch
 from diffusers import AutoencoderTiny
 
-from bot.engine import host_copies
+from bot.engine import host_copies, scheduler
 from bot.engine.pipelines import ModelUnavailable, Pipelines, load_pipelines, resolve_dtype, vae_dtype
 from bot.engine.scheduler import ServedLCMScheduler
 from bot.settings import Settings
@@ -138,18 +138,34 @@ def test_conditioning_reaches_the_device_before_diffusers_copies_it(
     assert all(tensor.device == meta for tensor in (*time_ids, *guidance))
 
 
-def test_starting_noise_is_drawn_on_the_host_and_queued_without_waiting(
-    pipes: Pipelines, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """diffusers' `randn_tensor` copies CPU generators' noise from pageable memory."""
-    queued: list[tuple[torch.device, tuple[int, ...]]] = []
+@pytest.fixture
+def queued(monkeypatch: pytest.MonkeyPatch) -> list[tuple[torch.device, tuple[int, ...]]]:
+    """Where and of what shape each tensor was that went to a device through pinned memory, without waiting."""
+    seen: list[tuple[torch.device, tuple[int, ...]]] = []
     queue = host_copies.to_device_without_waiting
 
     def watched(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-        queued.append((tensor.device, tuple(tensor.shape)))
+        seen.append((tensor.device, tuple(tensor.shape)))
         return queue(tensor, device)
 
-    monkeypatch.setattr(host_copies, "to_device_without_waiting", watched)
+    for module in (host_copies, scheduler):
+        monkeypatch.setattr(module, "to_device_without_waiting", watched)
+    return seen
+
+
+def test_starting_noise_is_drawn_on_the_host_and_queued_without_waiting(
+    pipes: Pipelines, queued: list[tuple[torch.device, tuple[int, ...]]]
+) -> None:
+    """diffusers' `randn_tensor` copies CPU generators' noise from pageable memory, and image to image's noising
+    copies the alphas table so too. The meta device stands in for a GPU."""
+    cpu, meta = torch.device("cpu"), torch.device("meta")
     generators = [torch.Generator().manual_seed(seed) for seed in (1, 2)]
-    noise = pipes.text2img.prepare_latents(2, 4, 64, 64, torch.float32, torch.device("meta"), generators)
-    assert noise.device.type == "meta" and queued == [(torch.device("cpu"), (2, 4, 8, 8))]
+    noise = pipes.text2img.prepare_latents(2, 4, 64, 64, torch.float32, meta, generators)
+    assert noise.device == meta and queued == [(cpu, (2, 4, 8, 8))]
+
+    queued.clear()
+    image_latents, timestep = torch.zeros(2, 4, 8, 8), torch.tensor([499, 499])
+    noised = pipes.img2img.prepare_latents(image_latents, timestep, 2, 1, torch.float32, meta, generators)
+    table = tuple(pipes.img2img.scheduler.alphas_cumprod.shape)
+    assert noised.device == meta and queued == [(cpu, (2, 4, 8, 8)), (cpu, table)]
+    assert pipes.img2img.scheduler.alphas_cumprod.device == cpu  # left where it was (bot.engine.scheduler)
