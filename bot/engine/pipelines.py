@@ -68,9 +68,10 @@ class _QueuesItsConditioningWithoutWaiting:
 
     def _get_add_time_ids(self, *args: object, **kwargs: object) -> torch.Tensor | tuple[torch.Tensor, ...]:
         time_ids = super()._get_add_time_ids(*args, **kwargs)  # image to image and inpainting: (positive, negative)
+        device = self._execution_device
         if isinstance(time_ids, tuple):
-            return tuple(to_device_without_waiting(ids, self._execution_device) for ids in time_ids)
-        return to_device_without_waiting(time_ids, self._execution_device)
+            return tuple(to_device_without_waiting(ids, device) for ids in time_ids)
+        return to_device_without_waiting(time_ids, device)
 
     def get_guidance_scale_embedding(
         self, w: torch.Tensor, embedding_dim: int = 512, dtype: torch.dtype = torch.float32
@@ -128,7 +129,7 @@ class ServedXLImg2ImgPipeline(
         )
         if not add_noise:
             return latents
-        noise = draw_noise(tuple(latents.shape), generator, torch.device(device), dtype)
+        noise = draw_noise(latents.shape, generator, torch.device(device), dtype)
         return self.scheduler.add_noise(latents, noise, timestep)
 
 
