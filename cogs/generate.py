@@ -217,9 +217,11 @@ class RemixModal(discord.ui.Modal, title="Remix with a new prompt"):
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
         number = (self.image_number.value if self.image_number else "") or "1"
-        if not number.isdigit() or not 1 <= int(number) <= max(1, self.image_count):
+        # Compared as text: `int` reads other scripts' digits and rejects superscripts that `isdigit` accepts.
+        numbers = [str(position) for position in range(1, max(1, self.image_count) + 1)]
+        if number not in numbers:
             raise InvalidRequest(f"Pick an image number from 1 to {self.image_count}.")
-        await self.cog.variation(interaction, int(number) - 1, prompt=self.prompt.value)
+        await self.cog.variation(interaction, numbers.index(number), prompt=self.prompt.value)
 
     async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:
         await report_error(interaction, error)

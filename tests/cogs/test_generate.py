@@ -256,6 +256,30 @@ async def test_reroll_variation_and_remix_buttons(fake: FakeDiscord, start_bot, 
     assert remixed.embeds[0]["description"] == "a castle at night"
 
 
+async def test_remix_modal_asks_which_image_and_refuses_other_numbers(fake: FakeDiscord, start_bot, pipes) -> None:
+    runner = RecordingRunner(pipes)
+    await start_bot(runner=runner)
+    user = fake.add_user("picker")
+    original = await result(fake, await fake.run_command(user, "imagine", {"prompt": "two foxes", "count": 2}))
+    first, second = (np.asarray(image.convert("RGB")) for image in original.images())
+    assert not np.array_equal(first, second)
+
+    opened = await fake.click(user, original, "lcm:remix")
+    await fake.wait_for(lambda: opened.modal is not None)
+    [[prompt_input], [number_input]] = [row["components"] for row in opened.modal["components"]]
+    assert number_input["label"] == "Which image (1 to 2)"
+    for number in ("0", "3", "x", "\N{SUPERSCRIPT TWO}"):
+        refused = await fake.submit_modal(user, opened, {number_input["custom_id"]: number})
+        assert await ephemeral_reply(fake, refused) == "Pick an image number from 1 to 2."
+    remixed = await result(
+        fake,
+        await fake.submit_modal(user, opened, {prompt_input["custom_id"]: "one fox", number_input["custom_id"]: "2"}),
+    )
+    assert remixed.embeds[0]["description"] == "one fox"
+    [_, remix_request] = runner.requests
+    assert np.array_equal(np.asarray(remix_request.init_image.convert("RGB")), second)
+
+
 async def test_delete_is_for_the_author_and_moderators(fake: FakeDiscord, start_bot) -> None:
     await start_bot()
     author, other = fake.add_user("author"), fake.add_user("other")

@@ -12,7 +12,7 @@ from bot.engine.requests import GenerationRequest
 
 
 class RecordingRunner:
-    """Runs the real tiny pipeline and records each batch's prompts.
+    """Runs the real tiny pipeline and records each batch's prompts, and every request it ran.
 
     Clearing `gate` holds the GPU thread before its next batch (a busy GPU, on demand); a prompt containing
     "boom" raises inside the batch, like a model failure would.
@@ -21,6 +21,7 @@ class RecordingRunner:
     def __init__(self, pipes: Pipelines) -> None:
         self.pipes = pipes
         self.batches: list[list[str]] = []
+        self.requests: list[GenerationRequest] = []
         self.gate = threading.Event()
         self.gate.set()
         self.waiting = threading.Event()
@@ -34,6 +35,7 @@ class RecordingRunner:
         self.gate.wait(timeout=60)
         self.waiting.clear()
         self.batches.append([request.prompt for request in requests])
+        self.requests.extend(requests)
         if any("boom" in request.prompt for request in requests):
             raise RuntimeError("simulated failure")
         return generate(self.pipes, requests, should_stop)
