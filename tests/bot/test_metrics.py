@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bot.engine.executor import Executor
 from bot.engine.requests import GenerationRequest, Kind, check_inputs
-from bot.errors import GenerationFailed
+from bot.errors import GenerationFailed, JobCancelled
 from bot.metrics import Health, Metrics, serve_metrics
 from tests.fakediscord import FakeDiscord
 from tests.support.bot_process import start_bot_process
@@ -77,6 +77,8 @@ async def test_executor_reports_jobs_images_waits_and_batches(pipes, buckets) ->
     await owl.result()
     with pytest.raises(GenerationFailed):
         await boom.result()
+    with pytest.raises(JobCancelled):
+        await cat.result()
     await executor.close()
 
     assert value(metrics, "lcm_bot_jobs_total", status="done") == 2
